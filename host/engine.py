@@ -1,0 +1,143 @@
+"""Engine: the flat weights on the GPU, a KV cache, and greedy decoding through the megakernel.
+
+    eng = Engine.from_pretrained("Qwen/Qwen3-0.6B")     # or a snapshot folder or a .bin
+    new_tokens = eng.generate([9707, 11, 1879], max_new_tokens=32)
+
+One kernel launch runs many decode steps: the prompt tokens one per step (forced), then the
+generated ones, with the token passed from step to step on the device.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+from . import MegakernelError
+from .launcher import CudaError, load_library
+from .weight_loader import FlatFile, convert, resolve_snapshot
+
+DEFAULT_MAX_CTX = 4096
+
+
+def flat_path_for(path_or_id: str, progress: bool = True) -> str:
+    """A flat .bin for a .bin, a snapshot folder or a hub id (converted once, cached beside it)."""
+    if path_or_id.endswith(".bin"):
+        return path_or_id
+    folder = resolve_snapshot(path_or_id, quiet=not progress)
+    out = os.path.join(folder, "megakernel.bin")
+    if not os.access(folder, os.W_OK):
+        from .launcher import cache_dir
+        out = os.path.join(cache_dir(), "flat", path_or_id.strip("/").replace("/", "--") + ".bin")
+    if not os.path.isfile(out):
+        convert(folder, out, progress=progress)
+    return out
+
+
+class Engine:
+    def __init__(self, flat_path: str, max_ctx: int = DEFAULT_MAX_CTX, grid: int = 0, verify: bool = True,
+                 lib_path: str | None = None, quiet: bool = False):
+        flat = FlatFile(flat_path, verify=verify)   # Python checks (and CRC) with clear messages
+        self.config = flat.config
+        flat.close()
+        self.lib = load_library(lib_path, config=self._config_if_custom(), quiet=quiet)
+        self.lib.check_flat_file(flat_path)
+        if not 1 <= max_ctx <= self.config.max_position_embeddings:
+            raise MegakernelError(f"max_ctx={max_ctx} is outside [1, {self.config.max_position_embeddings}]")
+        err = ctypes.create_string_buffer(1024)
+        self._h = self.lib.mk_create(flat_path.encode(), max_ctx, 0, grid, err, len(err))
+        if not self._h:
+            raise CudaError(err.value.decode())
+        self.max_ctx, self.flat_path = max_ctx, flat_path
+        info = (ctypes.c_longlong * 8)()
+        self.lib.mk_info(self._h, info)
+        self.grid, self.threads, self.ring_slots, self.smem_bytes, self.sms, self.cc = list(info)[:6]
+        self.weight_bytes = info[7]
+        self.pos = 0  # positions already in the KV cache (for continuing a conversation)
+
+    def _config_if_custom(self):
+        from .fixtures import qwen3_06b_config
+        from .config import ModelConfig
+        default = ModelConfig.from_dict(qwen3_06b_config())
+        same = all(getattr(default, f) == getattr(self.config, f) for f in (
+            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+            "num_attention_heads", "num_key_value_heads", "head_dim"))
+        return None if same else self.config
+
+    @classmethod
+    def from_pretrained(cls, path_or_id: str, max_ctx: int = DEFAULT_MAX_CTX, progress: bool = True, **kw) -> "Engine":
+        return cls(flat_path_for(path_or_id, progress=progress), max_ctx=max_ctx, quiet=not progress, **kw)
+
+    # ------------------------------------------------------------------------------------ runs
+    def _check(self, rc: int):
+        if rc != 0:
+            raise CudaError(self.lib.mk_error(self._h).decode())
+
+    def run(self, forced: list, pos0: int, n_steps: int, start_token: int = 0, debug: bool = False) -> list:
+        """One launch of n_steps steps from position pos0; returns the argmax of every step run."""
+        n = len(forced)
+        arr = (ctypes.c_int * max(n, 1))(*forced)
+        out = (ctypes.c_int * n_steps)()
+        done = ctypes.c_int(0)
+        self._check(self.lib.mk_run(self._h, arr, n, pos0, n_steps, start_token, out, ctypes.byref(done), int(debug)))
+        return list(out)[: done.value]
+
+    def set_eos(self, ids):
+        ids = list(ids)
+        self._check(self.lib.mk_set_eos(self._h, (ctypes.c_int * max(len(ids), 1))(*ids), len(ids)))
+
+    def generate(self, prompt_ids: list, max_new_tokens: int, eos_ids=(), reset: bool = True) -> list:
+        """Greedy continuation of prompt_ids; stops after max_new_tokens or an EOS id.
+
+        reset=False continues from the tokens already in the cache (multi-turn chat).
+        """
+        prompt_ids = [int(t) for t in prompt_ids]
+        if not prompt_ids:
+            raise MegakernelError("empty prompt; give at least one token id")
+        if max_new_tokens < 1:
+            raise MegakernelError(f"max_new_tokens={max_new_tokens}; it must be at least 1")
+        bad = [t for t in prompt_ids if not 0 <= t < self.config.vocab_size]
+        if bad:
+            raise MegakernelError(f"token id {bad[0]} is outside [0, {self.config.vocab_size}); "
+                                  "use ids from this model's tokenizer")
+        start = 0 if reset else self.pos
+        need = start + len(prompt_ids) + max_new_tokens
+        if need > self.max_ctx:
+            raise MegakernelError(f"prompt ({len(prompt_ids)} tokens after {start} cached) + max_new_tokens "
+                                  f"({max_new_tokens}) = {need} exceeds max_ctx={self.max_ctx}; shorten the "
+                                  "prompt or raise max_ctx")
+        self.set_eos(eos_ids)
+        steps = len(prompt_ids) + max_new_tokens - 1
+        out = self.run(prompt_ids, start, steps)
+        new = out[len(prompt_ids) - 1:]
+        self.pos = start + len(prompt_ids) + len(new) - 1  # the last new token is not yet in the cache
+        self._pending = new[-1]
+        return new
+
+    def debug_state(self):
+        """(hidden (layers, 2, hidden), logits (vocab,)) of the last debug run, as numpy arrays."""
+        import numpy as np
+        c = self.config
+        hidden = np.zeros((c.num_hidden_layers, 2, c.hidden_size), dtype=np.float32)
+        logits = np.zeros(c.vocab_size, dtype=np.float32)
+        fp = ctypes.POINTER(ctypes.c_float)
+        self._check(self.lib.mk_get_debug(self._h, hidden.ctypes.data_as(fp), logits.ctypes.data_as(fp)))
+        return hidden, logits
+
+    def last_ms(self) -> float:
+        return float(self.lib.mk_last_ms(self._h))
+
+    def bytes_per_token(self, context: int) -> float:
+        return float(self.lib.mk_bytes_per_token(self._h, context))
+
+    def close(self):
+        if getattr(self, "_h", None):
+            self.lib.mk_destroy(self._h)
+            self._h = None
+
+    def __del__(self):
+        self.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build, GPU tests, validation, benchmark; a summary table last.
+#   scripts/gpu_check.sh            everything
+#   STAGES="build harness validate" scripts/gpu_check.sh    a subset
+# Logs and JSON go to $OUT (the device tool brings them back) or /tmp/gpu_check.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/gpu_check}
+mkdir -p "$OUT" results
+export PYTHONUNBUFFERED=1
+STAGES=${STAGES:-"build harness tests validate bench"}
+WORK=${WORK:-/tmp/mk_work}
+mkdir -p "$WORK"
+declare -A RESULT
+
+if ! python3 -c "import megakernel" 2>/dev/null; then
+  pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
+    { mkdir -p "$WORK/path"; ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"; }
+fi
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used,memory.total --format=csv,noheader
+has() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if has build; then
+  make -j4 all lib 2>&1 | grep -E "error|registers|stack frame|spill" | tee "$OUT/build.log"
+  [ -x build/megakernel ] && RESULT[build]=ok || RESULT[build]=FAILED
+fi
+if has harness; then
+  if [ ! -f "$WORK/rand06b.bin" ]; then
+    python3 -c "
+from megakernel.fixtures import write_random_checkpoint; from megakernel.weight_loader import convert
+convert(write_random_checkpoint('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')" || true
+  fi
+  for ctx in 1 128 1024; do
+    build/megakernel "$WORK/rand06b.bin" --steps 512 --ctx $ctx 2>&1 | tee -a "$OUT/harness.log" | tail -1
+  done
+  RESULT[harness]=$(grep -o "[0-9.]* tok/s.*roofline$" "$OUT/harness.log" | head -1 | awk '{print $1" tok/s, "$(NF-2)" of roofline"}')
+fi
+if has tests; then
+  python3 -m pytest -q -m gpu tests 2>&1 | tee "$OUT/tests.log" | tail -15
+  RESULT[tests]=$(tail -1 "$OUT/tests.log")
+fi
+if has validate; then
+  python3 -m megakernel.validate --steps ${VALIDATE_STEPS:-128} --seeds ${VALIDATE_SEEDS:-0 1 2} \
+    --json results/validate.json 2>&1 | tee "$OUT/validate.log"
+  cp results/validate.json "$OUT/" 2>/dev/null
+  RESULT[validate]=$(tail -1 "$OUT/validate.log")
+fi
+if has bench; then
+  python3 -m megakernel.benchmark --json results/bench.json --plot results/bench.png ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
+  cp results/bench.json results/bench.png "$OUT/" 2>/dev/null
+  RESULT[bench]=$(grep -m1 "megakernel @ ctx" "$OUT/bench.log" || echo "see bench.log")
+fi
+
+echo
+echo "==================== gpu_check summary ($(date -u +%F) $(git rev-parse --short HEAD 2>/dev/null)) ===================="
+nvidia-smi --query-gpu=name --format=csv,noheader
+for k in build harness tests validate bench; do
+  [ -n "${RESULT[$k]:-}" ] && printf "%-10s %s\n" "$k" "${RESULT[$k]}"
+done

@@ -1,0 +1,55 @@
+// config.cuh: model dimensions (generated from config.json) and the kernel's tuning constants.
+//
+// The dimensions come from generated_layout.h, which host/layout.py writes from the model's
+// config.json; nothing here repeats a number from that file. Tuning constants are chosen per
+// architecture at compile time; sizes that depend on the device (grid, ring depth) are read
+// from the device at run time (see mk_create in megakernel.cu).
+#pragma once
+#include <generated_layout.h>  // -I picks the model: src/ by default, a generated one for others
+
+// ---- derived model dimensions -------------------------------------------------------------
+constexpr int kVocab = MK_VOCAB;
+constexpr int kHidden = MK_HIDDEN;
+constexpr int kInter = MK_INTER;
+constexpr int kLayers = MK_LAYERS;
+constexpr int kQHeads = MK_Q_HEADS;
+constexpr int kKVHeads = MK_KV_HEADS;
+constexpr int kHeadDim = MK_HEAD_DIM;
+constexpr int kGroup = kQHeads / kKVHeads;          // query heads sharing one KV head
+constexpr int kQDim = kQHeads * kHeadDim;           // 2048
+constexpr int kKVDim = kKVHeads * kHeadDim;         // 1024
+constexpr int kQKVDim = kQDim + 2 * kKVDim;         // 4096 rows of the fused QKV matrix
+constexpr float kRmsEps = MK_RMS_EPS;
+
+// ---- tuning ---------------------------------------------------------------------------------
+// Weights stream through a ring of shared-memory slots. A slot holds whole rows; its size is a
+// common multiple of the three row widths (K = hidden, q_dim, intermediate) in bytes, so every
+// slot of every stage is full except a stage's last.
+constexpr int kSlotBytes = 12288;
+constexpr int kMaxSlots = 32;                        // ring depth is min(this, smem / slot)
+constexpr int kConsumerWarps = 8;                    // warps that compute
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+constexpr int kProducerWarps = 1;                    // one lane issues bulk copies (TMA engine)
+#else
+constexpr int kProducerWarps = 4;                    // warps that copy global -> shared by hand
+#endif
+// Host code needs the largest block size of any architecture it may launch.
+constexpr int kMaxProducerWarps = 4;
+constexpr int kAttnChunk = 256;                      // KV positions per split-KV work item
+
+__host__ __device__ constexpr int rows_per_slot(int K) { return kSlotBytes / (K * 2); }
+static_assert(rows_per_slot(kHidden) >= 2 && rows_per_slot(kHidden) % 2 == 0,
+              "gate/up rows come in pairs: a slot must hold an even number of hidden-wide rows");
+static_assert(rows_per_slot(kQDim) >= 1 && rows_per_slot(kInter) >= 1, "slot smaller than a row");
+static_assert(kHidden % 256 == 0 && kQDim % 256 == 0 && kInter % 256 == 0,
+              "a warp reads a row in 16-byte pieces, 32 lanes at a time");
+static_assert(kHeadDim == 128, "attention maps 4 head dims to each of 32 lanes");
+
+// ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------
+enum MkErrorCode {
+  MK_OK = 0,
+  MK_ERR_BARRIER_TIMEOUT = 1,   // a grid barrier was not reached by every block in time
+  MK_ERR_RING_TIMEOUT = 2,      // a weight slot never arrived / was never released
+  MK_ERR_TOKEN_TIMEOUT = 3,     // the next token was not published in time
+  MK_ERR_BAD_TOKEN = 4,         // an input token id outside [0, vocab)
+};

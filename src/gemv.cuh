@@ -1,0 +1,59 @@
+// gemv.cuh: y = W x for this block's rows of W, reading W from the weight ring.
+//
+// Each consumer warp takes whole slots (slot i of a stage goes to warp i % kConsumerWarps) and
+// computes every row in it: lane l multiplies 16-byte pieces l, l+32, ... of the row (bf16,
+// conflict-free shared-memory reads) with its register share of x (rmsnorm.cuh's layout), in
+// float32, then one warp reduction per row. The epilogue gets (first row, rows, sums) with
+// every lane holding every sum; it writes the outputs (residual add, SiLU*mul, argmax, ...).
+// Checked against host/reference.py by host/validate.py (per-layer hidden states, logits).
+#pragma once
+#include "weight_ring.cuh"
+
+template <int K>
+__device__ __forceinline__ float row_dot_partial(const bf16_t* row, const float (&x)[K / 32]) {
+  const int lane = threadIdx.x & 31;
+  const uint4* r = reinterpret_cast<const uint4*>(row);
+  float acc = 0.f;
+#pragma unroll
+  for (int c = 0; c < K / 256; ++c) {
+    float w[8];
+    unpack_bf16x8(r[c * 32 + lane], w);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) acc = fmaf(w[j], x[c * 8 + j], acc);
+  }
+  return acc;
+}
+
+// acc[i] for a run-time i without indexing a register array (which would go to local memory).
+template <int N>
+__device__ __forceinline__ float pick(const float (&acc)[N], int i) {
+  float v = 0.f;
+#pragma unroll
+  for (int r = 0; r < N; ++r) v = r == i ? acc[r] : v;
+  return v;
+}
+
+template <int K, class Epilogue>
+__device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const float (&x)[K / 32],
+                                           const Segment& s, int step, Epilogue&& epilogue) {
+  constexpr int RPS = rows_per_slot(K);
+  const int nslots = (s.nrows + RPS - 1) / RPS;
+  for (int i = threadIdx.x / 32; i < nslots; i += kConsumerWarps) {
+    const uint32_t seq = ring.base + i;
+    const int rows = min(RPS, s.nrows - i * RPS);
+    float acc[RPS];
+    if (ring.wait_full(p, seq, step)) {
+      const bf16_t* tile = ring.slot_ptr(seq);
+#pragma unroll
+      for (int r = 0; r < RPS; ++r) acc[r] = r < rows ? row_dot_partial<K>(tile + r * K, x) : 0.f;
+      ring.release(seq);
+    } else {
+#pragma unroll
+      for (int r = 0; r < RPS; ++r) acc[r] = 0.f;  // the launch is failing; outputs are discarded
+    }
+#pragma unroll
+    for (int r = 0; r < RPS; ++r) acc[r] = warp_sum(acc[r]);
+    epilogue(s.row0 + i * RPS, rows, acc);
+  }
+  ring.base += nslots;
+}

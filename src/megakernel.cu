@@ -1,0 +1,518 @@
+// megakernel.cu: one persistent kernel computes whole Qwen3 decode steps (all layers, final
+// norm, LM head, argmax), many tokens per launch, plus a small C API for ctypes and a
+// standalone harness.
+//
+//   make            -> build/megakernel (harness: build/megakernel WEIGHTS.bin [--steps N])
+//   make lib        -> build/libmegakernel.so (loaded by host/launcher.py)
+//
+// Block layout: kConsumerWarps compute warps + kProducerWarps weight-stream warps, one block per
+// SM (the ring takes most of shared memory), launched cooperatively so that all blocks are
+// resident. Per layer, 5 grid barriers separate: QKV -> attention -> O+residual ->
+// gate/up+SiLU -> down+residual. The weight stream (weight_ring.cuh) never waits on them.
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "attention.cuh"
+#include "barriers.cuh"
+#include "gemv.cuh"
+#include "rmsnorm.cuh"
+#include "sampling.cuh"
+#include "weight_ring.cuh"
+
+constexpr int kThreadsMax = (kConsumerWarps + kMaxProducerWarps) * 32;
+
+__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
+
+__device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
+  Ring ring{&ctl, slots, p.nslots, 0};
+  const int lane = threadIdx.x & 31;
+  unsigned bar = 0;  // grid barriers passed in this launch
+  int idx = 0;       // stream position within the token
+  for (int step = 0; step < p.n_steps; ++step) {
+    const int pos = p.pos0 + step;
+    const int token = step < p.n_forced ? p.forced_tokens[step] : *(volatile int*)p.cur_token;
+    if (token < 0 || token >= kVocab) {
+      if (threadIdx.x == 0) raise_error(p, MK_ERR_BAD_TOKEN, token, step);
+      break;
+    }
+    const bf16_t* emb = p.embed + (size_t)token * kHidden;
+    idx = 0;
+    for (int L = 0; L < kLayers; ++L) {
+      const LayerWeights& w = p.layer[L];
+      {  // QKV: qkv = Wqkv rmsnorm(h)
+        float x[kHidden / 32];
+        if (L == 0) load_x_bf16<kHidden>(emb, x); else load_x_f32<kHidden>(p.h, x);
+        rmsnorm_redundant<kHidden>(x, w.input_norm, kRmsEps);
+        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
+                            [&](int row0, int rows, const auto& acc) {
+                              if (lane < rows) p.qkv[row0 + lane] = pick(acc, lane);
+                            });
+      }
+      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      attention_stage(p, ctl, L, pos, kAttnChunk);
+      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      {  // O projection + residual: h = h + Wo attn
+        float x[kQDim / 32];
+        load_x_f32<kQDim>(p.attn_out, x);
+        gemv_stage<kQDim>(p, ring, x, stream_segment(p, idx++), step,
+                          [&](int row0, int rows, const auto& acc) {
+                            if (lane < rows) {
+                              const int r = row0 + lane;
+                              const float base = L == 0 ? bf16_to_float(emb[r]) : ld_cg(p.h + r);
+                              const float hv = base + pick(acc, lane);
+                              p.h[r] = hv;
+                              if (p.dbg_hidden) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
+                            }
+                          });
+      }
+      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
+        float x[kHidden / 32];
+        load_x_f32<kHidden>(p.h, x);
+        rmsnorm_redundant<kHidden>(x, w.post_norm, kRmsEps);
+        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
+                            [&](int row0, int rows, const auto& acc) {
+                              if (2 * lane < rows)
+                                p.act[row0 / 2 + lane] = silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1);
+                            });
+      }
+      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      {  // down projection + residual: h = h + Wd act
+        float x[kInter / 32];
+        load_x_f32<kInter>(p.act, x);
+        gemv_stage<kInter>(p, ring, x, stream_segment(p, idx++), step,
+                           [&](int row0, int rows, const auto& acc) {
+                             if (lane < rows) {
+                               const int r = row0 + lane;
+                               const float hv = ld_cg(p.h + r) + pick(acc, lane);
+                               p.h[r] = hv;
+                               if (p.dbg_hidden) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
+                             }
+                           });
+      }
+      if (!grid_barrier(p, ctl, bar, step)) goto done;
+    }
+    {  // final norm + LM head + argmax
+      float x[kHidden / 32];
+      load_x_f32<kHidden>(p.h, x);
+      rmsnorm_redundant<kHidden>(x, p.final_norm, kRmsEps);
+      float best_v = -INFINITY;
+      int best_i = 0x7fffffff;
+      gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
+                          [&](int row0, int rows, const auto& acc) {
+#pragma unroll
+                            for (int r = 0; r < rows_per_slot(kHidden); ++r)
+                              if (r < rows && better(acc[r], row0 + r, best_v, best_i)) {
+                                best_v = acc[r];
+                                best_i = row0 + r;
+                              }
+                            if (p.dbg_logits && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
+                          });
+      if (!publish_argmax(p, ctl, best_v, best_i, step)) goto done;
+    }
+  }
+done:
+  consumer_sync();
+  if (threadIdx.x == 0) ctl.consumers_done = 1;
+}
+
+__global__ void __launch_bounds__(kThreadsMax, 1) qwen3_megakernel(const __grid_constant__ MkParams p) {
+  extern __shared__ __align__(128) uint8_t ring_slots[];
+  __shared__ BlockControl ctl;
+  ring_init(ctl, p.nslots);
+  __syncthreads();
+  const int warp = threadIdx.x / 32;
+  if (warp >= kConsumerWarps) producer_main(p, ctl, ring_slots, warp - kConsumerWarps);
+  else consumer_main(p, ctl, ring_slots);
+}
+
+// =============================================================================================
+// Host side: the engine behind the C API (host/launcher.py binds it with ctypes).
+// =============================================================================================
+#include "flat_file.h"
+
+struct MkEngine {
+  int device = 0, sms = 0, cc = 0;
+  int grid = 0, threads = 0, nslots = 0;
+  size_t smem = 0;
+  int max_ctx = 0, attn_max_chunks = 0;
+  FlatFileInfo info;
+  void* weights = nullptr;        // the whole payload, as in the file
+  size_t weight_bytes = 0;
+  void* scratch = nullptr;        // KV cache + activations + counters (one allocation)
+  size_t scratch_bytes = 0;
+  MkParams p{};
+  int* d_tokens = nullptr;        // forced tokens, up to max_ctx
+  std::vector<int> eos;
+  float last_ms = 0.f;
+  cudaEvent_t ev0 = nullptr, ev1 = nullptr;
+  std::string err;
+};
+
+static const char* kAbiVersion = "megakernel-abi-1";
+
+#define MK_TRY(call)                                                                           \
+  do {                                                                                         \
+    cudaError_t e__ = (call);                                                                  \
+    if (e__ != cudaSuccess) {                                                                  \
+      e->err = std::string(#call) + " failed: " + cudaGetErrorName(e__) + ": " + cudaGetErrorString(e__); \
+      return -1;                                                                               \
+    }                                                                                          \
+  } while (0)
+
+static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
+
+// Lays out every run-time buffer in one allocation; with base == nullptr only sizes it.
+static size_t layout_scratch(MkEngine* e, char* base) {
+  size_t off = 0;
+  auto take = [&](size_t bytes) { char* ptr = base ? base + off : nullptr; off += align256(bytes); return ptr; };
+  const size_t kv = (size_t)kLayers * kKVHeads * e->max_ctx * kHeadDim * sizeof(bf16_t);
+  MkParams& p = e->p;
+  p.k_cache = (bf16_t*)take(kv);
+  p.v_cache = (bf16_t*)take(kv);
+  p.h = (float*)take(kHidden * 4);
+  p.qkv = (float*)take(kQKVDim * 4);
+  p.attn_out = (float*)take(kQDim * 4);
+  p.act = (float*)take(kInter * 4);
+  p.attn_partial = (float*)take((size_t)kKVHeads * e->attn_max_chunks * kGroup * (kHeadDim + 2) * 4);
+  p.lm_best_val = (float*)take(e->grid * 4);
+  p.lm_best_idx = (int*)take(e->grid * 4);
+  p.out_tokens = (int*)take((size_t)e->max_ctx * 4);
+  p.dbg_hidden = (float*)take((size_t)kLayers * 2 * kHidden * 4);
+  p.dbg_logits = (float*)take((size_t)kVocab * 4);
+  // small control block, zeroed before every launch: sync[4], error[4], head_counter, token, stop
+  char* ctl = take(256);
+  p.sync = (unsigned*)ctl;
+  p.error = (int*)(ctl + 16);
+  p.head_counter = (unsigned*)(ctl + 32);
+  p.cur_token = (int*)(ctl + 32 + 4 * kKVHeads);
+  p.stop = p.cur_token + 1;
+  p.eos_ids = (const int*)take(64 * 4);
+  return off;
+}
+
+extern "C" {
+
+const char* mk_abi_version() { return kAbiVersion; }
+
+// The model dimensions this library was compiled for.
+void mk_compiled_dims(int* out) {
+  const int d[8] = {MK_VOCAB, MK_HIDDEN, MK_INTER, MK_LAYERS, MK_Q_HEADS, MK_KV_HEADS, MK_HEAD_DIM, MK_MAX_POS};
+  memcpy(out, d, sizeof d);
+}
+
+// Host-only check of a flat file (no GPU needed). 0 on success, else err holds the message.
+int mk_check_flat_file(const char* path, char* err, int errlen) {
+  FlatFileInfo info;
+  std::string m;
+  if (flat_read_info(path, &info, &m)) return 0;
+  snprintf(err, errlen, "%s", m.c_str());
+  return -1;
+}
+
+const char* mk_error(MkEngine* e) { return e ? e->err.c_str() : "no engine"; }
+
+static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_crc, int grid_override) {
+  if (!flat_read_info(path, &e->info, &e->err)) return -1;
+  if (max_ctx < 1 || max_ctx > MK_MAX_POS) {
+    e->err = "max_ctx=" + std::to_string(max_ctx) + " is outside [1, " + std::to_string(MK_MAX_POS) +
+             "]; pick a context the model supports";
+    return -1;
+  }
+  e->max_ctx = max_ctx;
+  e->attn_max_chunks = (max_ctx + kAttnChunk - 1) / kAttnChunk;
+  MK_TRY(cudaGetDevice(&e->device));
+  cudaDeviceProp prop;
+  MK_TRY(cudaGetDeviceProperties(&prop, e->device));
+  e->sms = prop.multiProcessorCount;
+  e->cc = prop.major * 10 + prop.minor;
+  if (e->cc < 75) {
+    e->err = std::string(prop.name) + " has compute capability " + std::to_string(prop.major) + "." +
+             std::to_string(prop.minor) + "; the megakernel needs 7.5 or newer (T4, A100, H100, RTX 20xx+)";
+    return -1;
+  }
+  if (!prop.cooperativeLaunch) {
+    e->err = std::string(prop.name) + " does not support cooperative launches, which keep every block resident";
+    return -1;
+  }
+  // Ring depth: as many slots as the device's opt-in shared memory holds, beside the static part.
+  cudaFuncAttributes fa;
+  MK_TRY(cudaFuncGetAttributes(&fa, qwen3_megakernel));
+  const size_t avail = prop.sharedMemPerBlockOptin - fa.sharedSizeBytes - 1024;
+  e->nslots = (int)std::min<size_t>(kMaxSlots, avail / kSlotBytes);
+  if (e->nslots < 2) {
+    e->err = "only " + std::to_string(avail) + " bytes of shared memory per block; the weight ring needs 2 slots";
+    return -1;
+  }
+  e->smem = (size_t)e->nslots * kSlotBytes;
+  MK_TRY(cudaFuncSetAttribute(qwen3_megakernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->smem));
+  const int producer_warps = e->cc >= 90 ? 1 : kMaxProducerWarps;  // must match config.cuh
+  e->threads = (kConsumerWarps + producer_warps) * 32;
+  int per_sm = 0;
+  MK_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, qwen3_megakernel, e->threads, e->smem));
+  if (per_sm < 1) {
+    e->err = "the kernel cannot be resident on this GPU (occupancy 0 with " + std::to_string(e->smem) + " B shared memory)";
+    return -1;
+  }
+  const int max_grid = per_sm * e->sms;
+  e->grid = grid_override > 0 ? grid_override : e->sms;  // one block per SM: the ring fills the SM
+  if (e->grid > max_grid) {
+    e->err = "grid of " + std::to_string(e->grid) + " blocks cannot be co-resident (at most " +
+             std::to_string(max_grid) + " on this GPU); refusing to launch";
+    return -1;
+  }
+  // Memory: weights + scratch must fit in what is free now.
+  e->weight_bytes = e->info.header.payload_bytes;
+  e->scratch_bytes = layout_scratch(e, nullptr);
+  size_t free_b = 0, total_b = 0;
+  MK_TRY(cudaMemGetInfo(&free_b, &total_b));
+  const size_t need = e->weight_bytes + e->scratch_bytes + ((size_t)64 << 20);
+  if (need > free_b) {
+    char m[300];
+    snprintf(m, sizeof m, "needs %.2f GB of GPU memory (weights %.2f GB + KV cache and buffers %.2f GB for max_ctx %d) "
+             "but only %.2f GB is free; lower max_ctx or free the GPU", need / 1e9, e->weight_bytes / 1e9,
+             e->scratch_bytes / 1e9, max_ctx, free_b / 1e9);
+    e->err = m;
+    return -1;
+  }
+  MK_TRY(cudaMalloc(&e->weights, e->weight_bytes));
+  MK_TRY(cudaMalloc(&e->scratch, e->scratch_bytes));
+  MK_TRY(cudaMemset(e->scratch, 0, e->scratch_bytes));
+  layout_scratch(e, (char*)e->scratch);
+  MK_TRY(cudaMalloc(&e->d_tokens, (size_t)max_ctx * sizeof(int)));
+  MK_TRY(cudaEventCreate(&e->ev0));
+  MK_TRY(cudaEventCreate(&e->ev1));
+
+  // Payload -> GPU in 64 MB pieces (pinned staging), CRC-32 on the way when asked.
+  FILE* f = fopen(path, "rb");
+  if (!f) { e->err = std::string(path) + ": cannot open"; return -1; }
+  fseek(f, (long)e->info.header.header_bytes, SEEK_SET);
+  const size_t piece = (size_t)64 << 20;
+  void* staging = nullptr;
+  MK_TRY(cudaMallocHost(&staging, piece));
+  uint32_t crc = 0;
+  bool ok = true;
+  for (size_t off = 0; off < e->weight_bytes && ok; off += piece) {
+    const size_t n = std::min(piece, e->weight_bytes - off);
+    ok = fread(staging, 1, n, f) == n;
+    if (ok && verify_crc) crc = crc32_update(crc, (const unsigned char*)staging, n);
+    if (ok) ok = cudaMemcpy((char*)e->weights + off, staging, n, cudaMemcpyHostToDevice) == cudaSuccess;
+  }
+  fclose(f);
+  cudaFreeHost(staging);
+  if (!ok) { e->err = std::string(path) + ": read or copy of the payload failed"; return -1; }
+  if (verify_crc && crc != e->info.header.payload_crc32) {
+    char m[200];
+    snprintf(m, sizeof m, ": checksum mismatch (payload crc32 %#010x, header %#010x); the file is corrupt, re-convert it",
+             crc, e->info.header.payload_crc32);
+    e->err = std::string(path) + m;
+    return -1;
+  }
+
+  // Weight pointers from the table.
+  auto tensor = [&](int i) { return (const bf16_t*)((const char*)e->weights + e->info.tensors[i].offset); };
+  MkParams& p = e->p;
+  p.embed = tensor(MK_T_EMBED);
+  for (int L = 0; L < kLayers; ++L) {
+    const int b = MK_T_LAYER0 + L * MK_TENSORS_PER_LAYER;
+    p.layer[L] = {tensor(b + MK_L_INPUT_NORM), tensor(b + MK_L_WQKV), tensor(b + MK_L_Q_NORM),
+                  tensor(b + MK_L_K_NORM), tensor(b + MK_L_WO), tensor(b + MK_L_POST_NORM),
+                  tensor(b + MK_L_WGU), tensor(b + MK_L_WDOWN)};
+  }
+  p.final_norm = tensor(MK_T_FINAL_NORM);
+  p.rope_inv_freq = (const float*)tensor(MK_T_ROPE_INV_FREQ);
+  p.lm_head = e->info.header.tie_word_embeddings ? p.embed : tensor(MK_T_LM_HEAD);
+  p.max_ctx = max_ctx;
+  p.nslots = e->nslots;
+  p.timeout_ns = 2000ull * 1000 * 1000;
+  p.fault_block = -1;
+  p.fault_barrier = -1;
+  return 0;
+}
+
+// Loads the flat file onto the current GPU and sizes the KV cache for max_ctx positions.
+// grid_override > 0 asks for that many blocks (tests); returns null with err filled on failure.
+MkEngine* mk_create(const char* path, int max_ctx, int verify_crc, int grid_override, char* err, int errlen) {
+  MkEngine* e = new MkEngine();
+  if (engine_init(e, path, max_ctx, verify_crc, grid_override) != 0) {
+    snprintf(err, errlen, "%s", e->err.c_str());
+    if (e->weights) cudaFree(e->weights);
+    if (e->scratch) cudaFree(e->scratch);
+    if (e->d_tokens) cudaFree(e->d_tokens);
+    if (e->ev0) cudaEventDestroy(e->ev0);
+    if (e->ev1) cudaEventDestroy(e->ev1);
+    cudaGetLastError();  // a failed allocation must not poison the next call
+    delete e;
+    return nullptr;
+  }
+  return e;
+}
+
+void mk_destroy(MkEngine* e) {
+  if (!e) return;
+  cudaFree(e->weights);
+  cudaFree(e->scratch);
+  cudaFree(e->d_tokens);
+  cudaEventDestroy(e->ev0);
+  cudaEventDestroy(e->ev1);
+  delete e;
+}
+
+// out: grid, threads, ring slots, dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes (MB)
+void mk_info(MkEngine* e, long long* out) {
+  const long long v[8] = {e->grid, e->threads, e->nslots, (long long)e->smem, e->sms, e->cc, e->max_ctx,
+                          (long long)e->weight_bytes};
+  memcpy(out, v, sizeof v);
+}
+
+int mk_set_eos(MkEngine* e, const int* ids, int n) {
+  if (n < 0 || n > 64) { e->err = "at most 64 EOS ids"; return -1; }
+  e->eos.assign(ids, ids + n);
+  if (n) MK_TRY(cudaMemcpy((void*)e->p.eos_ids, ids, n * sizeof(int), cudaMemcpyHostToDevice));
+  return 0;
+}
+
+int mk_set_timeout_ms(MkEngine* e, double ms) { e->p.timeout_ns = (unsigned long long)(ms * 1e6); return 0; }
+
+// Test builds: block `block` skips grid barrier number `barrier` (1-based), so the launch must time out.
+int mk_set_fault(MkEngine* e, int block, int barrier) { e->p.fault_block = block; e->p.fault_barrier = barrier; return 0; }
+
+float mk_last_ms(MkEngine* e) { return e->last_ms; }
+
+// One launch: n_steps decode steps from position pos0. Step s reads forced[s] for s < n_forced,
+// else the previous step's argmax (step 0 with n_forced == 0 reads start_token). out_tokens[s]
+// receives step s's argmax; *steps_done how many steps ran (fewer when an EOS id was produced).
+// debug != 0 also records per-layer hidden states and the last step's logits (mk_get_debug).
+// Returns 0, or -1 with mk_error() set (a kernel-side timeout or bad token included).
+int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, int start_token,
+           int* out_tokens, int* steps_done, int debug) {
+  if (n_steps < 1 || n_forced < 0 || n_forced > n_steps || pos0 < 0 || pos0 + n_steps > e->max_ctx) {
+    e->err = "positions " + std::to_string(pos0) + ".." + std::to_string(pos0 + n_steps) + " (with " +
+             std::to_string(n_forced) + " forced of " + std::to_string(n_steps) + " steps) do not fit max_ctx " +
+             std::to_string(e->max_ctx) + "; shorten the prompt or raise max_ctx";
+    return -1;
+  }
+  for (int i = 0; i < n_forced; ++i)
+    if (forced[i] < 0 || forced[i] >= kVocab) {
+      e->err = "token id " + std::to_string(forced[i]) + " at index " + std::to_string(i) + " is outside [0, " +
+               std::to_string(kVocab) + ")";
+      return -1;
+    }
+  if (n_forced == 0 && (start_token < 0 || start_token >= kVocab)) {
+    e->err = "start token " + std::to_string(start_token) + " is outside [0, " + std::to_string(kVocab) + ")";
+    return -1;
+  }
+  MkParams p = e->p;
+  p.forced_tokens = e->d_tokens;
+  p.n_forced = n_forced;
+  p.pos0 = pos0;
+  p.n_steps = n_steps;
+  p.n_eos = (int)e->eos.size();
+  if (!debug) { p.dbg_hidden = nullptr; p.dbg_logits = nullptr; }
+  if (n_forced) MK_TRY(cudaMemcpy(e->d_tokens, forced, n_forced * sizeof(int), cudaMemcpyHostToDevice));
+  MK_TRY(cudaMemset(p.sync, 0, 256));
+  MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
+  void* args[] = {&p};
+  MK_TRY(cudaEventRecord(e->ev0));
+  MK_TRY(cudaLaunchCooperativeKernel((const void*)qwen3_megakernel, dim3(e->grid), dim3(e->threads), args,
+                                     e->smem, 0));
+  MK_TRY(cudaEventRecord(e->ev1));
+  MK_TRY(cudaEventSynchronize(e->ev1));
+  MK_TRY(cudaGetLastError());
+  MK_TRY(cudaEventElapsedTime(&e->last_ms, e->ev0, e->ev1));
+  int errinfo[4], stop = 0;
+  MK_TRY(cudaMemcpy(errinfo, p.error, sizeof errinfo, cudaMemcpyDeviceToHost));
+  MK_TRY(cudaMemcpy(&stop, p.stop, sizeof stop, cudaMemcpyDeviceToHost));
+  if (errinfo[0] != MK_OK) {
+    static const char* names[] = {"ok", "grid barrier timeout", "weight ring timeout", "token publish timeout",
+                                  "token id out of range"};
+    char m[300];
+    snprintf(m, sizeof m, "kernel stopped: %s (block %d, detail %d, step %d); the GPU state is clean, "
+             "the next call starts afresh", names[errinfo[0] < 5 ? errinfo[0] : 0], errinfo[1], errinfo[2], errinfo[3]);
+    e->err = m;
+    return -1;
+  }
+  const int done = stop ? stop : n_steps;
+  if (steps_done) *steps_done = done;
+  if (out_tokens) MK_TRY(cudaMemcpy(out_tokens, p.out_tokens, done * sizeof(int), cudaMemcpyDeviceToHost));
+  return 0;
+}
+
+// Copies the validation buffers of the last debug run: hidden (layers*2*hidden), logits (vocab).
+int mk_get_debug(MkEngine* e, float* hidden, float* logits) {
+  if (hidden) MK_TRY(cudaMemcpy(hidden, e->p.dbg_hidden, (size_t)kLayers * 2 * kHidden * 4, cudaMemcpyDeviceToHost));
+  if (logits) MK_TRY(cudaMemcpy(logits, e->p.dbg_logits, (size_t)kVocab * 4, cudaMemcpyDeviceToHost));
+  return 0;
+}
+
+}  // extern "C"
+
+// =============================================================================================
+// Roofline helpers shared by the harness and host/benchmark.py.
+// =============================================================================================
+#include "bandwidth.cuh"
+
+extern "C" {
+
+double mk_measure_read_bandwidth(double gigabytes, int reps) {
+  return measure_read_bandwidth((size_t)(gigabytes * 1e9) & ~size_t(15), reps);
+}
+
+// Bytes one decode step at `context` positions must read: every tensor once, except that the
+// embedding contributes one row (it is read again in full as the LM head when tied), plus
+// K and V of every layer for `context` positions.
+double mk_bytes_per_token(MkEngine* e, int context) {
+  double bytes = 0;
+  for (const FlatTensorEntry& t : e->info.tensors) bytes += (double)t.nbytes;
+  const double embed = (double)e->info.tensors[MK_T_EMBED].nbytes;
+  bytes += (e->info.header.tie_word_embeddings ? 0.0 : -embed) + embed / kVocab;
+  return bytes + (double)context * 2.0 * kLayers * kKVDim * sizeof(bf16_t);
+}
+
+}  // extern "C"
+
+// =============================================================================================
+// Standalone harness: build/megakernel WEIGHTS.bin [--steps N] [--ctx C]
+// =============================================================================================
+#ifdef MK_STANDALONE
+int main(int argc, char** argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: %s WEIGHTS.bin [--steps N] [--ctx C]\n", argv[0]);
+    return 2;
+  }
+  int steps = 512, ctx = 1;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    if (!strcmp(argv[i], "--steps")) steps = atoi(argv[i + 1]);
+    else if (!strcmp(argv[i], "--ctx")) ctx = atoi(argv[i + 1]);
+  }
+  char err[512];
+  MkEngine* e = mk_create(argv[1], ctx + steps + 8, 1, 0, err, sizeof err);
+  if (!e) { fprintf(stderr, "error: %s\n", err); return 1; }
+  long long info[8];
+  mk_info(e, info);
+  cudaDeviceProp prop;
+  CUDA_CHECK(cudaGetDeviceProperties(&prop, e->device));
+  printf("device %s (sm_%d, %d SMs): grid %lld x %lld threads, ring %lld x %d KB\n", prop.name, e->cc, e->sms,
+         info[0], info[1], info[2], kSlotBytes / 1024);
+  std::vector<int> prompt(ctx), out(steps);
+  srand(1234);
+  for (int& t : prompt) t = rand() % kVocab;
+  int done = 0;
+  if (mk_run(e, prompt.data(), ctx, 0, ctx, 0, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
+  const int next = out[ctx - 1];
+  // warm-up, then the timed launch: `steps` tokens in one launch
+  if (mk_run(e, nullptr, 0, ctx, 8, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
+  if (mk_run(e, nullptr, 0, ctx, steps, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
+  const double ms_tok = mk_last_ms(e) / steps;
+  const double bw = mk_measure_read_bandwidth(4.0, 9);
+  const double bytes = mk_bytes_per_token(e, ctx + steps / 2);
+  const double roofline = bw * 1e9 / bytes;
+  printf("context %d, %d tokens in one launch: %.1f tok/s, %.4f ms/token, %.0f GB/s achieved, "
+         "read bandwidth %.0f GB/s, roofline %.0f tok/s, %.1f%% of roofline\n",
+         ctx, steps, 1e3 / ms_tok, ms_tok, bytes / (ms_tok * 1e-3) / 1e9, bw, roofline, 100.0 * (1e3 / ms_tok) / roofline);
+  mk_destroy(e);
+  return 0;
+}
+#endif

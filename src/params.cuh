@@ -1,0 +1,56 @@
+// params.cuh: everything one launch of the megakernel reads and writes, passed by value.
+// Shapes in comments; "float" activations live in global memory (L2-resident, tiny).
+#pragma once
+#include "config.cuh"
+#include "utils.cuh"
+
+struct LayerWeights {
+  const bf16_t* input_norm;  // (hidden)
+  const bf16_t* wqkv;        // (q_dim + 2 kv_dim, hidden)  rows: q | k | v
+  const bf16_t* q_norm;      // (head_dim)
+  const bf16_t* k_norm;      // (head_dim)
+  const bf16_t* wo;          // (hidden, q_dim)
+  const bf16_t* post_norm;   // (hidden)
+  const bf16_t* wgu;         // (2 inter, hidden)  rows: gate0, up0, gate1, up1, ...
+  const bf16_t* wdown;       // (hidden, inter)
+};
+
+struct MkParams {
+  LayerWeights layer[kLayers];
+  const bf16_t* embed;          // (vocab, hidden)
+  const bf16_t* final_norm;     // (hidden)
+  const float* rope_inv_freq;   // (head_dim / 2), exactly HF's
+  const bf16_t* lm_head;        // (vocab, hidden); == embed when tied
+  bf16_t* k_cache;              // (layers, kv_heads, max_ctx, head_dim)
+  bf16_t* v_cache;              // (layers, kv_heads, max_ctx, head_dim)
+  int max_ctx;
+
+  float* h;                     // (hidden)   residual stream
+  float* qkv;                   // (qkv_dim)  raw projections of this layer
+  float* attn_out;              // (q_dim)    attention output, heads concatenated
+  float* act;                   // (inter)    silu(gate) * up
+  float* attn_partial;          // (kv_heads, max_chunks, group, head_dim + 2) split-KV partials
+  unsigned* head_counter;       // (kv_heads) chunks finished per KV head this layer
+  float* lm_best_val;           // (grid) per-block best logit
+  int* lm_best_idx;             // (grid) its row
+  unsigned* sync;               // [0] grid barrier arrivals, [1] LM-head arrivals, [2] tokens published
+  int* error;                   // [0] MkErrorCode, [1] block, [2] barrier index / detail, [3] step
+
+  const int* forced_tokens;     // (n_forced) inputs of the first steps (the prompt)
+  int n_forced;
+  int pos0;                     // position of step 0
+  int n_steps;                  // steps (tokens) this launch computes
+  int* out_tokens;              // (n_steps) argmax after each step
+  int* cur_token;               // the token step s+1 reads when not forced
+  int* stop;                    // set when an EOS token is produced: the launch ends there
+  const int* eos_ids;           // (n_eos)
+  int n_eos;
+
+  float* dbg_hidden;            // (layers, 2, hidden) residual after attention / MLP, or null
+  float* dbg_logits;            // (vocab) logits of the last step, or null
+
+  int nslots;                   // ring depth (from the device's shared memory)
+  unsigned long long timeout_ns;  // bound on every spin-wait
+  int fault_block;              // test builds: this block skips barrier `fault_barrier`
+  int fault_barrier;
+};

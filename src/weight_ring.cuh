@@ -1,0 +1,228 @@
+// weight_ring.cuh: the weight stream. Weights do not depend on activations, so each block's
+// producer warp(s) copy the block's slice of every matrix, in the order the consumers will
+// use them, into a ring of shared-memory slots, running ahead of the consumers by up to the
+// whole ring (~200 KB per SM), across grid barriers and across tokens. The memory stream never
+// waits on a barrier; only the consumers do.
+//
+//   sm_90+:  one lane issues cp.async.bulk (the TMA copy engine) per slot, completion tracked
+//            by an mbarrier per slot (full), slots handed back through a second one (empty).
+//   older:   kProducerWarps warps copy with 16-byte loads and stores, and hand slots over
+//            through volatile shared-memory flags.
+// Both sides walk the same sequence of segments (stream_segment), so slot number `seq` means
+// the same rows to the producer and to the consumers.
+#pragma once
+#include "barriers.cuh"
+
+// The rows of one matrix that this block computes.
+struct Segment {
+  const bf16_t* base;  // the matrix
+  int row0;            // first row of this block's slice
+  int nrows;           // rows in the slice
+  int K;               // row length (elements)
+};
+
+// Balanced contiguous split of `units` over the grid.
+__device__ __forceinline__ void split_units(int units, int& u0, int& u1) {
+  u0 = (int)((long long)units * blockIdx.x / gridDim.x);
+  u1 = (int)((long long)units * (blockIdx.x + 1) / gridDim.x);
+}
+
+// Stream position `idx` within one token: 4 matrices per layer, then the LM head.
+constexpr int kStreamPerLayer = 4;
+constexpr int kStreamPerToken = kStreamPerLayer * kLayers + 1;
+
+__device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
+  int u0, u1;
+  if (idx == kStreamPerLayer * kLayers) {
+    split_units(kVocab, u0, u1);
+    return {p.lm_head, u0, u1 - u0, kHidden};
+  }
+  const LayerWeights& w = p.layer[idx / kStreamPerLayer];
+  switch (idx % kStreamPerLayer) {
+    case 0: split_units(kQKVDim, u0, u1); return {w.wqkv, u0, u1 - u0, kHidden};
+    case 1: split_units(kHidden, u0, u1); return {w.wo, u0, u1 - u0, kQDim};
+    case 2: split_units(kInter, u0, u1); return {w.wgu, 2 * u0, 2 * (u1 - u0), kHidden};  // pairs
+    default: split_units(kHidden, u0, u1); return {w.wdown, u0, u1 - u0, kInter};
+  }
+}
+
+__device__ __forceinline__ int slots_of(const Segment& s) {
+  const int rps = rows_per_slot(s.K);
+  return (s.nrows + rps - 1) / rps;
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// ---- mbarrier primitives (sm_90) --------------------------------------------------------------
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+__device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(bar)), "r"(count));
+}
+__device__ __forceinline__ bool mbar_try_wait(unsigned long long* bar, unsigned parity) {
+  unsigned ok;
+  asm volatile("{ .reg .pred P; mbarrier.try_wait.parity.shared::cta.b64 P, [%1], %2; selp.b32 %0, 1, 0, P; }"
+               : "=r"(ok) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+  return ok != 0;
+}
+__device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(bar)) : "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, unsigned bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
+               :: "r"(smem_addr(bar)), "r"(bytes) : "memory");
+}
+// Global -> shared bulk copy on the TMA engine; completes `bytes` on the mbarrier. Weights are
+// read exactly once per token: ask L2 to evict them first so activations and the KV cache stay.
+__device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, unsigned bytes,
+                                              unsigned long long* bar, uint64_t policy) {
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
+      :: "r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)), "l"(policy) : "memory");
+}
+#endif
+
+struct Ring {
+  BlockControl* ctl;
+  uint8_t* slots;   // nslots * kSlotBytes of dynamic shared memory
+  int nslots;
+  uint32_t base;    // consumers: sequence number of the current stage's first slot
+
+  __device__ __forceinline__ const bf16_t* slot_ptr(uint32_t seq) const {
+    return reinterpret_cast<const bf16_t*>(slots + (size_t)(seq % nslots) * kSlotBytes);
+  }
+
+  // Whole warp. False on timeout or when the launch is failing; the data must then be ignored.
+  __device__ __forceinline__ bool wait_full(const MkParams& p, uint32_t seq, int step) const {
+    const unsigned slot = seq % nslots, fill = seq / nslots;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (mbar_try_wait(&ctl->full[slot], fill & 1)) return true;
+#else
+    if (ctl->full_flag[slot] == (int)fill + 1) { __threadfence_block(); return true; }
+#endif
+    const uint64_t t0 = global_timer_ns();
+    for (unsigned it = 1;; ++it) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      if (mbar_try_wait(&ctl->full[slot], fill & 1)) return true;
+#else
+      if (ctl->full_flag[slot] == (int)fill + 1) { __threadfence_block(); return true; }
+#endif
+      if ((it & 63) == 0) {
+        if (error_raised(p)) return false;
+        if (global_timer_ns() - t0 > p.timeout_ns) {
+          if ((threadIdx.x & 31) == 0) raise_error(p, MK_ERR_RING_TIMEOUT, (int)seq, step);
+          return false;
+        }
+      }
+    }
+  }
+
+  // Whole warp, after its last read of the slot.
+  __device__ __forceinline__ void release(uint32_t seq) const {
+    __syncwarp();
+    if ((threadIdx.x & 31) == 0) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      mbar_arrive(&ctl->empty[seq % nslots]);
+#else
+      __threadfence_block();
+      ctl->empty_flag[seq % nslots] = (int)(seq / nslots) + 1;
+#endif
+    }
+  }
+};
+
+__device__ __forceinline__ void ring_init(BlockControl& ctl, int nslots) {
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < nslots; ++s) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+      mbar_init(&ctl.full[s], 1);   // the producer's arrive.expect_tx
+      mbar_init(&ctl.empty[s], 1);  // the consuming warp's arrive
+#endif
+      ctl.full_flag[s] = 0;
+      ctl.empty_flag[s] = 0;
+    }
+    ctl.abort = 0;
+    ctl.consumers_done = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+  }
+}
+
+// Producer side: wait until slot `seq` may be refilled. False when the block is stopping.
+__device__ __forceinline__ bool producer_wait_empty(const MkParams& p, const Ring& r, uint32_t seq) {
+  if (seq < (uint32_t)r.nslots) return true;
+  const unsigned slot = seq % r.nslots, prev_fill = seq / r.nslots - 1;
+  const uint64_t t0 = global_timer_ns();
+  for (unsigned it = 0;; ++it) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (mbar_try_wait(&r.ctl->empty[slot], prev_fill & 1)) return true;
+#else
+    if (r.ctl->empty_flag[slot] >= (int)prev_fill + 1) return true;
+#endif
+    if ((it & 63) == 0) {
+      if (r.ctl->consumers_done || error_raised(p)) return false;
+      // consumers hold a slot at most while they wait at a (bounded) barrier
+      if (global_timer_ns() - t0 > 4 * p.timeout_ns) return false;
+    }
+  }
+}
+
+// The producer warp(s): stream every segment of every step into the ring.
+__device__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots, int producer_warp) {
+  Ring r{&ctl, slots, p.nslots, 0};
+  const int lane = threadIdx.x & 31;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  if (lane != 0) return;
+  uint64_t policy;
+  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  uint32_t seq = 0;
+  bool go = true;
+  for (int step = 0; step < p.n_steps && go; ++step) {
+    for (int idx = 0; idx < kStreamPerToken && go; ++idx) {
+      const Segment s = stream_segment(p, idx);
+      const int rps = rows_per_slot(s.K);
+      for (int r0 = 0; r0 < s.nrows && go; r0 += rps, ++seq) {
+        const unsigned bytes = (unsigned)(min(rps, s.nrows - r0) * s.K * 2);
+        const bf16_t* src = s.base + (size_t)(s.row0 + r0) * s.K;
+        uint8_t* dst = slots + (size_t)(seq % r.nslots) * kSlotBytes;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+        if (!(go = producer_wait_empty(p, r, seq))) break;
+        unsigned long long* full = &ctl.full[seq % r.nslots];
+        mbar_expect_tx(full, bytes);
+        bulk_copy_g2s(dst, src, bytes, full, policy);
+#else
+        if ((int)(seq % kProducerWarps) != producer_warp) continue;
+        if (!(go = producer_wait_empty(p, r, seq))) break;
+        const uint4* s4 = reinterpret_cast<const uint4*>(src);
+        uint4* d4 = reinterpret_cast<uint4*>(dst);
+        const int n16 = (int)(bytes / 16);
+        for (int i = lane; i < n16; i += 32 * 8) {
+          uint4 v[8];
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            if (i + 32 * u < n16) v[u] = ld_weight16(s4 + i + 32 * u);
+#pragma unroll
+          for (int u = 0; u < 8; ++u)
+            if (i + 32 * u < n16) d4[i + 32 * u] = v[u];
+        }
+        __syncwarp();
+        if (lane == 0) {
+          __threadfence_block();
+          ctl.full_flag[seq % r.nslots] = (int)(seq / r.nslots) + 1;
+        }
+#endif
+      }
+    }
+  }
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // Copies still in flight must land before the block's shared memory goes away.
+  const uint32_t first = seq > (uint32_t)r.nslots ? seq - r.nslots : 0;
+  for (uint32_t q = first; q < seq; ++q) {
+    const uint64_t t0 = global_timer_ns();
+    while (!mbar_try_wait(&ctl.full[q % r.nslots], (q / r.nslots) & 1))
+      if (global_timer_ns() - t0 > p.timeout_ns) break;
+  }
+#endif
+}
