@@ -37,6 +37,8 @@ REL_ERR_LIMIT = 1e-2
 
 
 def git_commit() -> str:
+    if os.environ.get("MK_COMMIT"):
+        return os.environ["MK_COMMIT"]
     try:
         here = os.path.dirname(os.path.abspath(__file__))
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,

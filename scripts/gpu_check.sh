@@ -13,10 +13,11 @@ WORK=${WORK:-/tmp/mk_work}
 mkdir -p "$WORK"
 declare -A RESULT
 
+# the package's import name `megakernel` is the folder host/ (pyproject maps it); without an install:
 if ! python3 -c "import megakernel" 2>/dev/null; then
-  pip install -q --no-deps --no-build-isolation -e . >/dev/null 2>&1 ||
-    { mkdir -p "$WORK/path"; ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"; }
+  mkdir -p "$WORK/path"; ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
 fi
+export MK_COMMIT=${MK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used,memory.total --format=csv,noheader
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 
@@ -52,7 +53,7 @@ if has bench; then
 fi
 
 echo
-echo "==================== gpu_check summary ($(date -u +%F) $(git rev-parse --short HEAD 2>/dev/null)) ===================="
+echo "==================== gpu_check summary ($(date -u +%F) commit $MK_COMMIT) ===================="
 nvidia-smi --query-gpu=name --format=csv,noheader
 for k in build harness tests validate bench; do
   [ -n "${RESULT[$k]:-}" ] && printf "%-10s %s\n" "$k" "${RESULT[$k]}"
