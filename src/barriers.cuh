@@ -74,6 +74,9 @@ __device__ __forceinline__ bool grid_barrier(const MkParams& p, BlockControl& ct
   if (threadIdx.x == 0) {
     const bool skip = (int)blockIdx.x == p.fault_block && (int)index == p.fault_barrier;
     if (!skip) red_release_gpu_add(&p.sync[0], 1u);
+#if MK_EXP & 2  // experiment: do not wait (results are garbage; measures the barrier's cost)
+    if (false)
+#endif
     if (!spin_until(p, &p.sync[0], index * gridDim.x, MK_ERR_BARRIER_TIMEOUT, (int)index, step))
       ctl.abort = 1;
   }

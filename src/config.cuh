@@ -21,6 +21,10 @@ constexpr int kKVDim = kKVHeads * kHeadDim;         // 1024
 constexpr int kQKVDim = kQDim + 2 * kKVDim;         // 4096 rows of the fused QKV matrix
 constexpr float kRmsEps = MK_RMS_EPS;
 
+#ifndef MK_EXP
+#define MK_EXP 0  // timing experiments only (see RESEARCH.md); 0 in every real build
+#endif
+
 // ---- tuning ---------------------------------------------------------------------------------
 // Weights stream through a ring of shared-memory slots. A slot holds whole rows; its size is a
 // common multiple of the three row widths (K = hidden, q_dim, intermediate) in bytes, so every

@@ -38,7 +38,12 @@ __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const 
                                            const Segment& s, int step, Epilogue&& epilogue) {
   constexpr int RPS = rows_per_slot(K);
   const int nslots = (s.nrows + RPS - 1) / RPS;
-  for (int i = threadIdx.x / 32; i < nslots; i += kConsumerWarps) {
+  // Slot seq always goes to warp seq % kConsumerWarps, and the ring depth is a multiple of
+  // kConsumerWarps, so each slot has one consumer warp that takes its fills in order. (A warp
+  // must never wait for fill f+1 of a slot whose fill f is still pending: the mbarrier parity
+  // test would see the older completed phase and return at once.)
+  const int first = (int)((threadIdx.x / 32 + kConsumerWarps - ring.base % kConsumerWarps) % kConsumerWarps);
+  for (int i = first; i < nslots; i += kConsumerWarps) {
     const uint32_t seq = ring.base + i;
     const int rows = min(RPS, s.nrows - i * RPS);
     float acc[RPS];
@@ -46,6 +51,10 @@ __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const 
       const bf16_t* tile = ring.slot_ptr(seq);
 #pragma unroll
       for (int r = 0; r < RPS; ++r) acc[r] = r < rows ? row_dot_partial<K>(tile + r * K, x) : 0.f;
+#if MK_EXP & 1  // experiment: read one element only (measures the stream without the math)
+#pragma unroll
+      for (int r = 0; r < RPS; ++r) acc[r] = bf16_to_float(tile[r * K + (threadIdx.x & 31)]);
+#endif
       ring.release(seq);
     } else {
 #pragma unroll

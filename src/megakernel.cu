@@ -25,6 +25,22 @@ constexpr int kThreadsMax = (kConsumerWarps + kMaxProducerWarps) * 32;
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
+// MK_EXP & 4: thread 0 of blocks 0 and grid-1 stamp the time around every grid barrier of step 1
+// into dbg_logits (as uint64), for the harness's per-stage breakdown. Off in real builds.
+#if MK_EXP & 4
+#define STAMP(slot)                                                                              \
+  if (step == 1 && threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1))          \
+    reinterpret_cast<unsigned long long*>(p.dbg_logits)[(blockIdx.x ? 1024 : 0) + (slot)] = global_timer_ns();
+#else
+#define STAMP(slot)
+#endif
+#define GRID_BARRIER()                                              \
+  do {                                                              \
+    STAMP(2 * bar);                                                 \
+    if (!grid_barrier(p, ctl, bar, step)) goto done;                \
+    STAMP(2 * bar - 1 + 0);                                         \
+  } while (0)
+
 __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -50,9 +66,9 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                               if (lane < rows) p.qkv[row0 + lane] = pick(acc, lane);
                             });
       }
-      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      GRID_BARRIER();
       attention_stage(p, ctl, L, pos, kAttnChunk);
-      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      GRID_BARRIER();
       {  // O projection + residual: h = h + Wo attn
         float x[kQDim / 32];
         load_x_f32<kQDim>(p.attn_out, x);
@@ -67,7 +83,7 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                             }
                           });
       }
-      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      GRID_BARRIER();
       {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
         float x[kHidden / 32];
         load_x_f32<kHidden>(p.h, x);
@@ -78,7 +94,7 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                                 p.act[row0 / 2 + lane] = silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1);
                             });
       }
-      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      GRID_BARRIER();
       {  // down projection + residual: h = h + Wd act
         float x[kInter / 32];
         load_x_f32<kInter>(p.act, x);
@@ -92,7 +108,7 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                              }
                            });
       }
-      if (!grid_barrier(p, ctl, bar, step)) goto done;
+      GRID_BARRIER();
     }
     {  // final norm + LM head + argmax
       float x[kHidden / 32];
@@ -110,7 +126,9 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                               }
                             if (p.dbg_logits && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
                           });
+      STAMP(2 * bar + 2);
       if (!publish_argmax(p, ctl, best_v, best_i, step)) goto done;
+      STAMP(2 * bar + 3);
     }
   }
 done:
@@ -242,8 +260,11 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   MK_TRY(cudaFuncGetAttributes(&fa, qwen3_megakernel));
   const size_t avail = prop.sharedMemPerBlockOptin - fa.sharedSizeBytes - 1024;
   e->nslots = (int)std::min<size_t>(kMaxSlots, avail / kSlotBytes);
-  if (e->nslots < 2) {
-    e->err = "only " + std::to_string(avail) + " bytes of shared memory per block; the weight ring needs 2 slots";
+  if (const char* env = getenv("MK_RING_SLOTS")) e->nslots = std::min(e->nslots, atoi(env));  // tuning knob
+  if (e->cc >= 90) e->nslots -= e->nslots % kConsumerWarps;  // one consumer warp per slot (gemv_stage)
+  if (e->nslots < (e->cc >= 90 ? kConsumerWarps : 2)) {
+    e->err = "only " + std::to_string(avail) + " bytes of shared memory per block; the weight ring needs " +
+             std::to_string(kConsumerWarps * kSlotBytes);
     return -1;
   }
   e->smem = (size_t)e->nslots * kSlotBytes;
@@ -327,6 +348,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.max_ctx = max_ctx;
   p.nslots = e->nslots;
   p.timeout_ns = 2000ull * 1000 * 1000;
+  if (const char* env = getenv("MK_TIMEOUT_MS")) p.timeout_ns = (unsigned long long)(atof(env) * 1e6);
   p.fault_block = -1;
   p.fault_barrier = -1;
   return 0;
@@ -410,7 +432,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   p.pos0 = pos0;
   p.n_steps = n_steps;
   p.n_eos = (int)e->eos.size();
-  if (!debug) { p.dbg_hidden = nullptr; p.dbg_logits = nullptr; }
+  if (!debug && !(MK_EXP & 4)) { p.dbg_hidden = nullptr; p.dbg_logits = nullptr; }
   if (n_forced) MK_TRY(cudaMemcpy(e->d_tokens, forced, n_forced * sizeof(int), cudaMemcpyHostToDevice));
   MK_TRY(cudaMemset(p.sync, 0, 256));
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
@@ -496,7 +518,7 @@ int main(int argc, char** argv) {
   CUDA_CHECK(cudaGetDeviceProperties(&prop, e->device));
   printf("device %s (sm_%d, %d SMs): grid %lld x %lld threads, ring %lld x %d KB\n", prop.name, e->cc, e->sms,
          info[0], info[1], info[2], kSlotBytes / 1024);
-  std::vector<int> prompt(ctx), out(steps);
+  std::vector<int> prompt(ctx), out(std::max(ctx, steps) + 8);
   srand(1234);
   for (int& t : prompt) t = rand() % kVocab;
   int done = 0;
@@ -506,6 +528,27 @@ int main(int argc, char** argv) {
   if (mk_run(e, nullptr, 0, ctx, 8, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   if (mk_run(e, nullptr, 0, ctx, steps, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   const double ms_tok = mk_last_ms(e) / steps;
+#if MK_EXP & 4
+  {  // per-stage breakdown of step 1: work (previous barrier exit -> arrival) and wait (arrival -> exit)
+    std::vector<unsigned long long> t(2048);
+    CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_logits, t.size() * 8, cudaMemcpyDeviceToHost));
+    const char* names[5] = {"qkv", "attn", "o", "gateup", "down"};
+    for (int b = 0; b < 2; ++b) {
+      double work[6] = {0}, wait[6] = {0};
+      const unsigned long long* s = t.data() + b * 1024;
+      // barrier k (1-based): arrival stamp s[2k-2], exit stamp s[2k-1]
+      for (int k = 2; k <= 5 * kLayers; ++k) {
+        work[(k - 1) % 5] += (double)(s[2 * k - 2] - s[2 * k - 3]) / (kLayers - (k <= 5));
+        wait[(k - 1) % 5] += (double)(s[2 * k - 1] - s[2 * k - 2]) / (kLayers - (k <= 5));
+      }
+      const int last = 5 * kLayers;
+      printf("block %s:", b ? "last" : "0");
+      for (int i = 0; i < 5; ++i) printf(" %s work %.2f wait %.2f |", names[i], work[i] / 1e3, wait[i] / 1e3);
+      printf(" lm work %.2f token wait %.2f (us)\n", (s[2 * last + 2] - s[2 * last - 1]) / 1e3,
+             (s[2 * last + 3] - s[2 * last + 2]) / 1e3);
+    }
+  }
+#endif
   const double bw = mk_measure_read_bandwidth(4.0, 9);
   const double bytes = mk_bytes_per_token(e, ctx + steps / 2);
   const double roofline = bw * 1e9 / bytes;
