@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Timing experiments on the GPU: harness builds with -DMK_EXP=N (see src/config.cuh).
+#   EXPS="0 4" CTXS="1 128" STEPS=128 scripts/exp.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
+mkdir -p build
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path"; ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
 [ -f "$WORK/rand06b.bin" ] || python3 -c "
 from megakernel.fixtures import write_random_checkpoint; from megakernel.weight_loader import convert
 convert(write_random_checkpoint('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')"
-for exp in ${EXPS:-0 1 2 3}; do
+for exp in ${EXPS:-0 4}; do
   nvcc -O3 -std=c++17 -arch=sm_90 -Isrc -DMK_STANDALONE -DMK_EXP=$exp ${EXTRA:-} -o build/exp$exp src/megakernel.cu &
 done; wait
-for exp in ${EXPS:-0 1 2 3}; do
-  for ctx in ${CTXS:-1}; do echo -n "exp $exp: "; timeout 60 build/exp$exp "$WORK/rand06b.bin" --steps ${STEPS:-128} --ctx $ctx 2>&1 | tail -1; done
+for exp in ${EXPS:-0 4}; do
+  for ctx in ${CTXS:-1}; do echo "== exp $exp ctx $ctx ${MK_RING_SLOTS:+slots $MK_RING_SLOTS}"; timeout 60 build/exp$exp "$WORK/rand06b.bin" --steps ${STEPS:-128} --ctx $ctx 2>&1 | tail -${TAIL:-1}; done
 done
