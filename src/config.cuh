@@ -30,7 +30,11 @@ constexpr float kRmsEps = MK_RMS_EPS;
 // common multiple of the three row widths (K = hidden, q_dim, intermediate) in bytes, so every
 // slot of every stage is full except a stage's last.
 constexpr int kSlotBytes = 12288;
-constexpr int kMaxSlots = 32;                        // ring depth is min(this, smem / slot)
+constexpr int kMaxSlots = 32;                        // shared-memory control arrays
+// Ring depth: min(this, what shared memory holds). Deeper is not faster: measured on an H200
+// (RESEARCH.md), 16 slots ran 1050 tok/s and 8 slots 1196, because the extra bytes in flight
+// lengthen the L2 round trips that every barrier and activation load sits on.
+constexpr int kRingSlots = 8;
 constexpr int kConsumerWarps = 8;                    // warps that compute
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 constexpr int kProducerWarps = 1;                    // one lane issues bulk copies (TMA engine)

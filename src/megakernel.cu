@@ -46,6 +46,7 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
   const int lane = threadIdx.x & 31;
   unsigned bar = 0;  // grid barriers passed in this launch
   int idx = 0;       // stream position within the token
+  float norm_w[kHidden / 32];  // the next RMSNorm's weight, this lane's share
   for (int step = 0; step < p.n_steps; ++step) {
     const int pos = p.pos0 + step;
     const int token = step < p.n_forced ? p.forced_tokens[step] : *(volatile int*)p.cur_token;
@@ -59,8 +60,13 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
       const LayerWeights& w = p.layer[L];
       {  // QKV: qkv = Wqkv rmsnorm(h)
         float x[kHidden / 32];
-        if (L == 0) load_x_bf16<kHidden>(emb, x); else load_x_f32<kHidden>(p.h, x);
-        rmsnorm_redundant<kHidden>(x, w.input_norm, kRmsEps);
+        if (L == 0) {
+          load_x_bf16<kHidden>(w.input_norm, norm_w);
+          load_x_bf16<kHidden>(emb, x);
+        } else {
+          load_x_f32<kHidden>(p.h, x);
+        }
+        rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
                             [&](int row0, int rows, const auto& acc) {
                               if (lane < rows) p.qkv[row0 + lane] = pick(acc, lane);
@@ -79,15 +85,16 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                               const float base = L == 0 ? bf16_to_float(emb[r]) : ld_cg(p.h + r);
                               const float hv = base + pick(acc, lane);
                               p.h[r] = hv;
-                              if (p.dbg_hidden) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
+                              if (p.dbg_hidden && !(MK_EXP & 4)) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
                             }
                           });
       }
+      load_x_bf16<kHidden>(w.post_norm, norm_w);  // static: fetched before the barrier
       GRID_BARRIER();
       {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
         float x[kHidden / 32];
         load_x_f32<kHidden>(p.h, x);
-        rmsnorm_redundant<kHidden>(x, w.post_norm, kRmsEps);
+        rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
                             [&](int row0, int rows, const auto& acc) {
                               if (2 * lane < rows)
@@ -104,16 +111,17 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                                const int r = row0 + lane;
                                const float hv = ld_cg(p.h + r) + pick(acc, lane);
                                p.h[r] = hv;
-                               if (p.dbg_hidden) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
+                               if (p.dbg_hidden && !(MK_EXP & 4)) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
                              }
                            });
       }
+      load_x_bf16<kHidden>(L + 1 < kLayers ? p.layer[L + 1].input_norm : p.final_norm, norm_w);
       GRID_BARRIER();
     }
     {  // final norm + LM head + argmax
       float x[kHidden / 32];
       load_x_f32<kHidden>(p.h, x);
-      rmsnorm_redundant<kHidden>(x, p.final_norm, kRmsEps);
+      rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
       float best_v = -INFINITY;
       int best_i = 0x7fffffff;
       gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
@@ -124,7 +132,7 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                                 best_v = acc[r];
                                 best_i = row0 + r;
                               }
-                            if (p.dbg_logits && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
+                            if (p.dbg_logits && !(MK_EXP & 4) && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
                           });
       STAMP(2 * bar + 2);
       if (!publish_argmax(p, ctl, best_v, best_i, step)) goto done;
@@ -259,7 +267,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   cudaFuncAttributes fa;
   MK_TRY(cudaFuncGetAttributes(&fa, qwen3_megakernel));
   const size_t avail = prop.sharedMemPerBlockOptin - fa.sharedSizeBytes - 1024;
-  e->nslots = (int)std::min<size_t>(kMaxSlots, avail / kSlotBytes);
+  e->nslots = (int)std::min<size_t>(kRingSlots, avail / kSlotBytes);
   if (const char* env = getenv("MK_RING_SLOTS")) e->nslots = std::min(e->nslots, atoi(env));  // tuning knob
   if (e->cc >= 90) e->nslots -= e->nslots % kConsumerWarps;  // one consumer warp per slot (gemv_stage)
   if (e->nslots < (e->cc >= 90 ? kConsumerWarps : 2)) {

@@ -31,19 +31,15 @@ __device__ __forceinline__ void load_x_bf16(const bf16_t* src, float (&x)[K / 32
   }
 }
 
-// x <- x * rsqrt(mean(x^2) + eps) * w, as HF Qwen3RMSNorm in float32.
+// x <- x * rsqrt(mean(x^2) + eps) * w, as HF Qwen3RMSNorm in float32. The weight w comes in
+// registers (load_x_bf16 of the norm vector), loaded before the barrier that guards x, so the
+// norm adds no memory round trip after it.
 template <int K>
-__device__ __forceinline__ void rmsnorm_redundant(float (&x)[K / 32], const bf16_t* w, float eps) {
-  const int lane = threadIdx.x & 31;
+__device__ __forceinline__ void rmsnorm_redundant(float (&x)[K / 32], const float (&w)[K / 32], float eps) {
   float ss = 0.f;
 #pragma unroll
   for (int i = 0; i < K / 32; ++i) ss += x[i] * x[i];
   const float inv = rsqrtf(warp_sum(ss) / K + eps);
 #pragma unroll
-  for (int c = 0; c < K / 256; ++c) {
-    float f[8];
-    unpack_bf16x8(ld_weight16(w + (c * 32 + lane) * 8), f);
-#pragma unroll
-    for (int j = 0; j < 8; ++j) x[c * 8 + j] = (x[c * 8 + j] * inv) * f[j];
-  }
+  for (int i = 0; i < K / 32; ++i) x[i] = (x[i] * inv) * w[i];
 }

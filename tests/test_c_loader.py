@@ -1,0 +1,75 @@
+"""The C side of the flat format (src/flat_file.h via libmegakernel.so), on the CPU.
+
+The library loads without a GPU (the CUDA runtime is linked statically and only touches the
+driver on the first CUDA call), so CI checks that the C reader accepts what Python writes and
+refuses the same bad files with the same kind of message. Needs nvcc.
+"""
+import os
+
+import pytest
+
+from megakernel import MegakernelError
+from megakernel.fixtures import qwen3_06b_config, write_random_checkpoint
+from megakernel.launcher import build_library, load_library
+from megakernel.layout import HEADER_FIELDS, HEADER_STRUCT
+from megakernel.weight_loader import convert
+
+
+@pytest.fixture(scope="module")
+def lib(tmp_path_factory):
+    if not (os.path.exists("/usr/local/cuda/bin/nvcc") or __import__("shutil").which("nvcc")):
+        pytest.skip("nvcc not found")
+    os.environ.setdefault("MEGAKERNEL_CACHE", str(tmp_path_factory.mktemp("cache")))
+    return load_library(build_library(arch="sm_80", quiet=True))
+
+
+@pytest.fixture(scope="module")
+def flat_06b(tmp_path_factory):
+    """A real-shape (0.6B) random checkpoint converted once for this module (~1.2 GB)."""
+    d = tmp_path_factory.mktemp("flat")
+    return convert(write_random_checkpoint(str(d / "ck"), qwen3_06b_config(), seed=3), str(d / "w.bin"))
+
+
+def test_compiled_dims_are_the_configs(lib):
+    c = qwen3_06b_config()
+    assert lib.compiled_dims() == [c["vocab_size"], c["hidden_size"], c["intermediate_size"],
+                                   c["num_hidden_layers"], c["num_attention_heads"],
+                                   c["num_key_value_heads"], c["head_dim"], c["max_position_embeddings"]]
+
+
+def test_c_reader_accepts_python_output(lib, flat_06b):
+    lib.check_flat_file(flat_06b)
+
+
+def _patched(src, dst, **fields):
+    data = bytearray(open(src, "rb").read(1 << 20))
+    names = [n for n, _, _ in HEADER_FIELDS]
+    values = list(HEADER_STRUCT.unpack_from(data, 0))
+    for k, v in fields.items():
+        values[names.index(k)] = v
+    HEADER_STRUCT.pack_into(data, 0, *values)
+    with open(src, "rb") as f, open(dst, "wb") as g:
+        f.seek(len(data))
+        g.write(bytes(data))
+        while chunk := f.read(1 << 24):
+            g.write(chunk)
+    return dst
+
+
+@pytest.mark.parametrize("fields,fragment", [
+    (dict(magic=b"GGUF\0\0\0\0"), "wrong magic"),
+    (dict(version=7), "format version 7"),
+    (dict(hidden_size=2048), "model dimensions"),
+    (dict(payload_bytes=123), "truncated"),
+])
+def test_c_reader_refuses_bad_headers(lib, flat_06b, tmp_path, fields, fragment):
+    bad = _patched(flat_06b, str(tmp_path / "bad.bin"), **fields)
+    with pytest.raises(MegakernelError, match=fragment):
+        lib.check_flat_file(bad)
+
+
+def test_c_reader_refuses_other_model_size(lib, tmp_path):
+    from megakernel.fixtures import tiny_config
+    small = convert(write_random_checkpoint(str(tmp_path / "ck"), tiny_config(), seed=1), str(tmp_path / "s.bin"))
+    with pytest.raises(MegakernelError, match="model dimensions"):
+        lib.check_flat_file(small)

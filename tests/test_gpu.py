@@ -1,0 +1,105 @@
+"""Megakernel on the GPU: agreement with the reference, determinism, EOS, faults, bad input.
+
+All tests use a random checkpoint of the real Qwen3-0.6B shapes written in the HF layout and
+converted by the same code as a user's download. Marked `gpu`: skipped without a GPU.
+"""
+import os
+
+import pytest
+
+from megakernel import MegakernelError
+from megakernel.fixtures import qwen3_06b_config, write_random_checkpoint
+from megakernel.launcher import CudaError
+from megakernel.validate import REL_ERR_LIMIT, VALIDATION_EMBED_STD, validate_flat
+from megakernel.weight_loader import convert
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(scope="module")
+def flat(tmp_path_factory):
+    d = tmp_path_factory.mktemp("gpu")
+    seed = int.from_bytes(os.urandom(2), "little")
+    ck = write_random_checkpoint(str(d / "ck"), qwen3_06b_config(), seed=seed, embed_std=VALIDATION_EMBED_STD)
+    return convert(ck, str(d / "w.bin"))
+
+
+@pytest.fixture(scope="module")
+def engine(flat):
+    from megakernel.engine import Engine
+    eng = Engine(flat, max_ctx=512, quiet=True)
+    yield eng
+    eng.close()
+
+
+def test_matches_reference_teacher_forced(flat):
+    r = validate_flat(flat, steps=24, seed=int.from_bytes(os.urandom(2), "little"), verbose=True)
+    assert r["max_rel_err"] <= REL_ERR_LIMIT
+    assert r["token_mismatches"] == 0 and r["steps_checked"] >= 0.9 * r["steps"]
+    assert r["self_consistent"] and r["one_launch_matches"] and r["deterministic"]
+
+
+def test_generation_is_deterministic_and_continues(engine):
+    prompt = list(range(100, 120))
+    a = engine.generate(prompt, 40)
+    b = engine.generate(prompt, 40)
+    assert a == b and len(a) == 40
+    # the same tokens, in two launches: 20 new, then continue from the cache
+    first = engine.generate(prompt, 20)
+    rest = engine.generate([first[-1]], 20, reset=False)
+    assert first + rest == a[:20] + a[20:]
+
+
+def test_eos_stops_on_device(engine):
+    prompt = [5, 6, 7, 8]
+    full = engine.generate(prompt, 12)
+    eos = full[5]
+    stopped = engine.generate(prompt, 12, eos_ids=[eos])
+    assert stopped == full[: full.index(eos) + 1]
+
+
+def test_barrier_fault_times_out_and_next_run_is_clean(engine):
+    prompt = [11, 12, 13]
+    good = engine.generate(prompt, 8)
+    lib, h = engine.lib, engine._h
+    lib.mk_set_timeout_ms(h, 200.0)
+    lib.mk_set_fault(h, 3, 7)  # block 3 never arrives at the 7th grid barrier
+    try:
+        with pytest.raises(CudaError, match="grid barrier timeout"):
+            engine.generate(prompt, 8)
+    finally:
+        lib.mk_set_fault(h, -1, -1)
+        lib.mk_set_timeout_ms(h, 2000.0)
+    assert engine.generate(prompt, 8) == good
+
+
+def test_grid_too_large_is_refused(flat, engine):
+    from megakernel.engine import Engine
+    with pytest.raises(CudaError, match="cannot be co-resident"):
+        Engine(flat, max_ctx=64, grid=engine.sms * 4 + 1, quiet=True)
+
+
+def test_other_grid_sizes_give_the_same_tokens(flat, engine):
+    from megakernel.engine import Engine
+    prompt = [21, 22, 23, 24]
+    ref = engine.generate(prompt, 16)
+    with Engine(flat, max_ctx=64, grid=engine.sms // 2, quiet=True) as half:
+        assert half.generate(prompt, 16) == ref
+
+
+@pytest.mark.parametrize("prompt,n,fragment", [
+    ([], 4, "empty prompt"),
+    ([1, 2, 10**9], 4, "outside"),
+    ([-1], 4, "outside"),
+    (list(range(500)), 100, "exceeds max_ctx"),
+    ([1], 0, "max_new_tokens"),
+])
+def test_bad_input_refused_before_launch(engine, prompt, n, fragment):
+    with pytest.raises(MegakernelError, match=fragment):
+        engine.generate(prompt, n)
+
+
+def test_max_ctx_beyond_the_model_refused(flat):
+    from megakernel.engine import Engine
+    with pytest.raises(MegakernelError):
+        Engine(flat, max_ctx=10**6, quiet=True)
