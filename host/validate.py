@@ -64,7 +64,7 @@ def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -
     del ref
     torch.cuda.empty_cache()
 
-    eng = Engine(flat_path, max_ctx=steps + 8, verify=False, quiet=True)
+    eng = Engine(flat_path, max_ctx=steps + 48, verify=False, quiet=True)
     rows, kernel_tokens = [], []
     for s in range(steps):
         tok = eng.run([int(tokens[s])], s, 1, debug=True)[0]
