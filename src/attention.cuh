@@ -6,10 +6,11 @@
 // the cache; then the consumer warps scan the chunk's positions (4 at a time per warp) with an
 // online softmax, merge their partials in shared memory, and either write the head's output
 // (one chunk) or a partial (m, l, o) that the last item of the head to finish merges by
-// log-sum-exp (a counter per KV head, no extra grid barrier).
-// Inputs: p.qkv (raw projections). Outputs: p.attn_out (q_dim floats), the cache at `pos`.
+// log-sum-exp (a cumulative counter per KV head: no grid barrier).
+// Inputs: p.qkv (tagged words, tag_in). Outputs: p.attn_out (tagged words, tag_out), the
+// cache at `pos`. counter_base: this head's counter value before this layer (the sum of the
+// chunk counts of the earlier layers and steps of this launch). Returns false on error.
 #pragma once
-#include "barriers.cuh"
 #include "kv_cache.cuh"
 
 constexpr float kLog2e = 1.4426950408889634f;
@@ -20,8 +21,9 @@ __device__ __forceinline__ float dot4(const float (&a)[4], const uint2& kraw) {
          a[2] * __uint_as_float(kraw.y << 16) + a[3] * __uint_as_float(kraw.y & 0xffff0000u);
 }
 
-__device__ __forceinline__ void attention_stage(const MkParams& p, BlockControl& ctl, int layer,
-                                                int pos, int chunk) {
+__device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, int layer, int pos,
+                                                int chunk, uint32_t tag_in, uint32_t tag_out,
+                                                unsigned counter_base, int step) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int n = pos + 1;
   const int nchunks = (n + chunk - 1) / chunk;
@@ -38,7 +40,7 @@ __device__ __forceinline__ void attention_stage(const MkParams& p, BlockControl&
     float q[kGroup][4];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
-      load_head_f32(p.qkv + (j * kGroup + g) * kHeadDim, q[g]);
+      if (!ll_load_head(p, p.qkv + (j * kGroup + g) * kHeadDim, tag_in, q[g], step)) ctl.abort = 1;
       head_norm_rope(q[g], w.q_norm, p.rope_inv_freq, pos);
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] *= qscale;
@@ -46,9 +48,10 @@ __device__ __forceinline__ void attention_stage(const MkParams& p, BlockControl&
     if (t1 == n) {  // this item holds the current position: append k and v first
       if (warp == 0) {
         float k[4], v[4];
-        load_head_f32(p.qkv + kQDim + j * kHeadDim, k);
+        if (!ll_load_head(p, p.qkv + kQDim + j * kHeadDim, tag_in, k, step) ||
+            !ll_load_head(p, p.qkv + kQDim + kKVDim + j * kHeadDim, tag_in, v, step))
+          ctl.abort = 1;
         head_norm_rope(k, w.k_norm, p.rope_inv_freq, pos);
-        load_head_f32(p.qkv + kQDim + kKVDim + j * kHeadDim, v);
         store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), k);
         store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), v);
         __threadfence_block();
@@ -120,8 +123,8 @@ __device__ __forceinline__ void attention_stage(const MkParams& p, BlockControl&
         for (int i = 0; i < 4; ++i) O[i] += ctl.attn[w2][g][2 + 4 * lane + i] * f;
       }
       if (nchunks == 1) {
-        float4 r = make_float4(O[0] / L, O[1] / L, O[2] / L, O[3] / L);
-        *reinterpret_cast<float4*>(p.attn_out + (j * kGroup + g) * kHeadDim + 4 * lane) = r;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) ll_store(p.attn_out + (j * kGroup + g) * kHeadDim + 4 * lane + i, O[i] / L, tag_out);
       } else {
         float* part = p.attn_partial + ((size_t)(j * max_chunks + c) * kGroup + g) * (kHeadDim + 2);
         if (lane == 0) { part[0] = M; part[1] = L; }
@@ -134,7 +137,7 @@ __device__ __forceinline__ void attention_stage(const MkParams& p, BlockControl&
       consumer_sync();
       if (threadIdx.x == 0) {
         __threadfence();
-        ctl.is_last = atomicAdd(&p.head_counter[j], 1u) == (unsigned)(nchunks - 1);
+        ctl.is_last = atomicAdd(&p.head_counter[j], 1u) == counter_base + (unsigned)(nchunks - 1);
       }
       consumer_sync();
       if (ctl.is_last) {  // every chunk of head j is done: merge them by log-sum-exp
@@ -153,12 +156,13 @@ __device__ __forceinline__ void attention_stage(const MkParams& p, BlockControl&
 #pragma unroll
             for (int i = 0; i < 4; ++i) O[i] += ld_cg(part + 2 + 4 * lane + i) * f;
           }
-          float4 r = make_float4(O[0] / L, O[1] / L, O[2] / L, O[3] / L);
-          *reinterpret_cast<float4*>(p.attn_out + (j * kGroup + g) * kHeadDim + 4 * lane) = r;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) ll_store(p.attn_out + (j * kGroup + g) * kHeadDim + 4 * lane + i, O[i] / L, tag_out);
         }
-        if (threadIdx.x == 0) p.head_counter[j] = 0;  // next layer starts from zero
       }
     }
     consumer_sync();  // ctl.attn and ctl.is_last are reused by the next item
   }
+  consumer_sync();
+  return !ctl.abort;
 }

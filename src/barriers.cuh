@@ -1,16 +1,23 @@
-// barriers.cuh: synchronization of a persistent grid through counters in global memory.
+// barriers.cuh: how blocks of the persistent grid wait for each other.
 //
-// Grid barrier (one counter, monotonic within a launch, zeroed by the host before it):
-//   arrive:  bar.sync among the consumer warps (this block's writes are done), then thread 0
-//            does red.release.gpu: the release orders every write this block made before it
-//            (made visible at GPU scope through the CTA barrier's cumulativity) ahead of the
-//            increment, so a block that sees the count also sees the data.
-//   wait:    thread 0 spins with ld.acquire.gpu until the count reaches epoch * grid; the
-//            acquire orders the data reads after the observation, and the following bar.sync
-//            extends that to the other threads of the block.
+// 1. Activations travel as tagged 64-bit words ("LL" words, as NCCL's low-latency protocol):
+//    low 32 bits the float, high 32 bits a tag naming the (step, layer, stage) that wrote it.
+//    A 64-bit aligned store is single-copy atomic, so a reader that sees the expected tag also
+//    sees the value written with it. Readers poll the data itself: no grid barrier, no fence,
+//    and one L2 round trip from the write to the use. Tags grow monotonically (the host moves
+//    tag_base past every launch), so stale words never match.
+//    Why reuse is safe without barriers: every activation buffer is rewritten only two stages
+//    after it was written, and the rewriting stage needs outputs of every block from the stage
+//    in between, which each block produced only after it had read the buffer. RESEARCH.md
+//    walks through each buffer.
+// 2. The token barrier (per step) and the reductions (split-KV merge, argmax) use counters in
+//    global memory with release/acquire at GPU scope: the writer's release (or __threadfence
+//    before the atomic) orders its plain stores before the count; the reader's acquire orders
+//    its reads after it, and bar.sync hands that to the rest of the block. The token barrier
+//    also orders the KV-cache stores of a step before every read of the next step.
 // Every spin is bounded by timeout_ns; on timeout (or when another block already failed) the
-// block records an error and all its consumer warps leave together, so the host gets an error
-// code instead of a hang.
+// block records an error and its consumer warps leave together: the host gets an error code,
+// not a hang.
 #pragma once
 #include "params.cuh"
 
@@ -20,12 +27,13 @@ struct BlockControl {
   unsigned long long empty[kMaxSlots];  // mbarriers: slot released (sm_90)
   volatile int full_flag[kMaxSlots];    // portable ring: fill count + 1 once filled
   volatile int empty_flag[kMaxSlots];   // portable ring: fill count + 1 once released
-  volatile int abort;                   // the block must stop (error seen)
+  volatile int abort;                   // the block must stop (error seen, or EOS)
   volatile int consumers_done;          // consumers have left: the producer drains and leaves
   int is_last;                          // this block finished a reduction last
   float best_val[kConsumerWarps];
   int best_idx[kConsumerWarps];
   float attn[kConsumerWarps][kGroup][kHeadDim + 2];  // per-warp softmax partials (m, l, o)
+  float xs[2][kInter > kQDim ? kInter : kQDim];     // staged stage inputs, double-buffered
 };
 
 // Named barrier 1: the consumer warps only (the producer warps never wait on it).
@@ -47,7 +55,69 @@ __device__ __forceinline__ void raise_error(const MkParams& p, int code, int det
   }
 }
 
-// Spin (thread 0) until *counter - target >= 0, bounded. Returns false on timeout or error.
+// ---- tagged activation words -----------------------------------------------------------------
+__device__ __forceinline__ void ll_store(unsigned long long* dst, float v, uint32_t tag) {
+  const unsigned long long w = ((unsigned long long)tag << 32) | __float_as_uint(v);
+  asm volatile("st.relaxed.gpu.global.u64 [%0], %1;" :: "l"(dst), "l"(w) : "memory");
+}
+
+__device__ __forceinline__ ulonglong2 ll_load2(const unsigned long long* src) {  // 2 words, 16 B
+  ulonglong2 r;
+  asm volatile("ld.relaxed.gpu.global.v2.u64 {%0, %1}, [%2];" : "=l"(r.x), "=l"(r.y) : "l"(src) : "memory");
+  return r;
+}
+
+__device__ __forceinline__ uint32_t ll_tag(unsigned long long w) { return (uint32_t)(w >> 32); }
+__device__ __forceinline__ float ll_value(unsigned long long w) { return __uint_as_float((uint32_t)w); }
+
+// Poll two words at src until both carry `tag`. False on timeout or when the launch is failing.
+__device__ __forceinline__ bool ll_wait2(const MkParams& p, const unsigned long long* src, uint32_t tag,
+                                         ulonglong2& v, int step) {
+  if (ll_tag(v.x) == tag && ll_tag(v.y) == tag) return true;
+  const uint64_t t0 = global_timer_ns();
+  for (unsigned it = 1;; ++it) {
+    __nanosleep(32);
+    v = ll_load2(src);
+    if (ll_tag(v.x) == tag && ll_tag(v.y) == tag) return true;
+    if ((it & 31) == 0) {
+      if (error_raised(p)) return false;
+      if (global_timer_ns() - t0 > p.timeout_ns) {
+        raise_error(p, MK_ERR_WAIT_TIMEOUT, (int)(tag - p.tag_base), step);
+        return false;
+      }
+    }
+  }
+}
+
+// All consumer threads: wait for the N-word activation `src` with `tag` and copy its values to
+// shared memory `dst`. Returns false (for every thread) when the launch must stop.
+template <int N>
+__device__ __forceinline__ bool ll_stage(const MkParams& p, BlockControl& ctl, const unsigned long long* src,
+                                         uint32_t tag, float* dst, int step) {
+  constexpr int kThreads = kConsumerWarps * 32, kPairs = N / 2, kPer = (kPairs + kThreads - 1) / kThreads;
+  ulonglong2 v[kPer];
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {  // all loads in flight first
+    const int i = threadIdx.x + u * kThreads;
+    if (i < kPairs) v[u] = ll_load2(src + 2 * i);
+  }
+  bool ok = true;
+#pragma unroll
+  for (int u = 0; u < kPer; ++u) {
+    const int i = threadIdx.x + u * kThreads;
+    if (i < kPairs && ok) {
+      ok = ll_wait2(p, src + 2 * i, tag, v[u], step);
+      dst[2 * i] = ll_value(v[u].x);
+      dst[2 * i + 1] = ll_value(v[u].y);
+    }
+  }
+  if (!ok) ctl.abort = 1;
+  consumer_sync();
+  return !ctl.abort;
+}
+
+// ---- counters ------------------------------------------------------------------------------------
+// Spin (one thread) until *counter - target >= 0, bounded. Returns false on timeout or error.
 __device__ __forceinline__ bool spin_until(const MkParams& p, const unsigned* counter,
                                            unsigned target, int code, int detail, int step) {
   if ((int)(ld_acquire_gpu(counter) - target) >= 0) return true;
@@ -62,24 +132,4 @@ __device__ __forceinline__ bool spin_until(const MkParams& p, const unsigned* co
       }
     }
   }
-}
-
-// Grid-wide barrier over the consumer warps of every block. `index` counts barriers within
-// the launch (used for the fault-injection test and error reports). Returns false when the
-// launch must stop; all consumer threads of the block get the same answer.
-__device__ __forceinline__ bool grid_barrier(const MkParams& p, BlockControl& ctl,
-                                             unsigned& index, int step) {
-  consumer_sync();
-  ++index;
-  if (threadIdx.x == 0) {
-    const bool skip = (int)blockIdx.x == p.fault_block && (int)index == p.fault_barrier;
-    if (!skip) red_release_gpu_add(&p.sync[0], 1u);
-#if MK_EXP & 2  // experiment: do not wait (results are garbage; measures the barrier's cost)
-    if (false)
-#endif
-    if (!spin_until(p, &p.sync[0], index * gridDim.x, MK_ERR_BARRIER_TIMEOUT, (int)index, step))
-      ctl.abort = 1;
-  }
-  consumer_sync();
-  return !ctl.abort;
 }

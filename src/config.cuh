@@ -56,7 +56,7 @@ static_assert(kHeadDim == 128, "attention maps 4 head dims to each of 32 lanes")
 // ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------
 enum MkErrorCode {
   MK_OK = 0,
-  MK_ERR_BARRIER_TIMEOUT = 1,   // a grid barrier was not reached by every block in time
+  MK_ERR_WAIT_TIMEOUT = 1,      // an activation (tagged word) was not written in time
   MK_ERR_RING_TIMEOUT = 2,      // a weight slot never arrived / was never released
   MK_ERR_TOKEN_TIMEOUT = 3,     // the next token was not published in time
   MK_ERR_BAD_TOKEN = 4,         // an input token id outside [0, vocab)

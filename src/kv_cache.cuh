@@ -6,7 +6,7 @@
 // Head vectors live in a warp as 4 consecutive dims per lane (lane l: dims 4l..4l+3); RoPE's
 // rotate-half partner of dim d is d +- head_dim/2, held by lane l ^ 16.
 #pragma once
-#include "params.cuh"
+#include "barriers.cuh"
 
 __device__ __forceinline__ size_t kv_offset(const MkParams& p, int layer, int kv_head, int pos) {
   return (((size_t)layer * kKVHeads + kv_head) * p.max_ctx + pos) * kHeadDim;
@@ -43,7 +43,12 @@ __device__ __forceinline__ void store_head_bf16(bf16_t* dst, const float (&v)[4]
   *reinterpret_cast<uint2*>(dst + 4 * lane) = packed;
 }
 
-__device__ __forceinline__ void load_head_f32(const float* src, float (&v)[4]) {
-  const float4 a = ld_cg_f4(src + 4 * (threadIdx.x & 31));
-  v[0] = a.x; v[1] = a.y; v[2] = a.z; v[3] = a.w;
+// This lane's 4 dims of a head stored as tagged words (barriers.cuh), waiting for `tag`.
+__device__ __forceinline__ bool ll_load_head(const MkParams& p, const unsigned long long* src, uint32_t tag,
+                                             float (&v)[4], int step) {
+  const unsigned long long* s = src + 4 * (threadIdx.x & 31);
+  ulonglong2 a = ll_load2(s), b = ll_load2(s + 2);
+  const bool ok = ll_wait2(p, s, tag, a, step) && ll_wait2(p, s + 2, tag, b, step);
+  v[0] = ll_value(a.x); v[1] = ll_value(a.y); v[2] = ll_value(b.x); v[3] = ll_value(b.y);
+  return ok;
 }

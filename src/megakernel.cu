@@ -21,31 +21,49 @@
 #include "sampling.cuh"
 #include "weight_ring.cuh"
 
-constexpr int kThreadsMax = (kConsumerWarps + kMaxProducerWarps) * 32;
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
-// MK_EXP & 4: thread 0 of blocks 0 and grid-1 stamp the time around every grid barrier of step 1
-// into dbg_logits (as uint64), for the harness's per-stage breakdown. Off in real builds.
-#if MK_EXP & 4
-#define STAMP(slot)                                                                              \
-  if (step == 1 && threadIdx.x == 0 && (blockIdx.x == 0 || blockIdx.x == gridDim.x - 1))          \
-    reinterpret_cast<unsigned long long*>(p.dbg_logits)[(blockIdx.x ? 1024 : 0) + (slot)] = global_timer_ns();
-#else
-#define STAMP(slot)
-#endif
-#define GRID_BARRIER()                                              \
-  do {                                                              \
-    STAMP(2 * bar);                                                 \
-    if (!grid_barrier(p, ctl, bar, step)) goto done;                \
-    STAMP(2 * bar - 1 + 0);                                         \
-  } while (0)
+// Tags of the activations written in (step, layer): one per stage output (barriers.cuh).
+enum TagKind { kTagQKV = 0, kTagAttn = 1, kTagHAttn = 2, kTagAct = 3, kTagHMlp = 4, kTagsPerLayer = 5 };
+__device__ __forceinline__ uint32_t stage_tag(const MkParams& p, int step, int layer, int kind) {
+  return p.tag_base + (uint32_t)((step * kLayers + layer) * kTagsPerLayer + kind);
+}
+
+// Own rows of the residual, written by this block (maybe by another warp): a tagged read too.
+__device__ __forceinline__ float ll_read_own(const MkParams& p, const unsigned long long* src, uint32_t tag,
+                                             BlockControl& ctl, int step) {
+  const uint64_t t0 = global_timer_ns();
+  for (;;) {
+    unsigned long long w;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(w) : "l"(src) : "memory");
+    if (ll_tag(w) == tag) return ll_value(w);
+    if (global_timer_ns() - t0 > p.timeout_ns) {
+      raise_error(p, MK_ERR_WAIT_TIMEOUT, -2, step);
+      ctl.abort = 1;
+      return 0.f;
+    }
+  }
+}
+
+// This lane's register share of a staged K-vector (rmsnorm.cuh's layout).
+template <int K>
+__device__ __forceinline__ void load_x_smem(const float* xs, float (&x)[K / 32]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int c = 0; c < K / 256; ++c) {
+    const float4 a = *reinterpret_cast<const float4*>(xs + (c * 32 + lane) * 8);
+    const float4 b = *reinterpret_cast<const float4*>(xs + (c * 32 + lane) * 8 + 4);
+    x[c * 8 + 0] = a.x; x[c * 8 + 1] = a.y; x[c * 8 + 2] = a.z; x[c * 8 + 3] = a.w;
+    x[c * 8 + 4] = b.x; x[c * 8 + 5] = b.y; x[c * 8 + 6] = b.z; x[c * 8 + 7] = b.w;
+  }
+}
 
 __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
-  unsigned bar = 0;  // grid barriers passed in this launch
-  int idx = 0;       // stream position within the token
+  int buf = 0;                 // which ctl.xs buffer the next stage stages into
+  unsigned attn_counter = 0;   // split-KV chunks counted per head so far in this launch
   float norm_w[kHidden / 32];  // the next RMSNorm's weight, this lane's share
   for (int step = 0; step < p.n_steps; ++step) {
     const int pos = p.pos0 + step;
@@ -55,72 +73,88 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
       break;
     }
     const bf16_t* emb = p.embed + (size_t)token * kHidden;
-    idx = 0;
+    int idx = 0;  // stream position within the token
     for (int L = 0; L < kLayers; ++L) {
       const LayerWeights& w = p.layer[L];
+      const bool mute = (int)blockIdx.x == p.fault_block && L == p.fault_layer;  // fault injection
       {  // QKV: qkv = Wqkv rmsnorm(h)
         float x[kHidden / 32];
         if (L == 0) {
           load_x_bf16<kHidden>(w.input_norm, norm_w);
           load_x_bf16<kHidden>(emb, x);
         } else {
-          load_x_f32<kHidden>(p.h, x);
+          if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, L - 1, kTagHMlp), ctl.xs[buf], step)) goto done;
+          load_x_smem<kHidden>(ctl.xs[buf], x);
+          buf ^= 1;
         }
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
+        const uint32_t tag = stage_tag(p, step, L, kTagQKV);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
                             [&](int row0, int rows, const auto& acc) {
-                              if (lane < rows) p.qkv[row0 + lane] = pick(acc, lane);
+                              if (lane < rows && !mute) ll_store(p.qkv + row0 + lane, pick(acc, lane), tag);
                             });
       }
-      GRID_BARRIER();
-      attention_stage(p, ctl, L, pos, kAttnChunk);
-      GRID_BARRIER();
+      {
+        const int nchunks = (pos + 1 + kAttnChunk - 1) / kAttnChunk;
+        if (!attention_stage(p, ctl, L, pos, kAttnChunk, stage_tag(p, step, L, kTagQKV),
+                             stage_tag(p, step, L, kTagAttn), attn_counter, step))
+          goto done;
+        if (nchunks > 1) attn_counter += nchunks;
+      }
       {  // O projection + residual: h = h + Wo attn
+        if (!ll_stage<kQDim>(p, ctl, p.attn_out, stage_tag(p, step, L, kTagAttn), ctl.xs[buf], step)) goto done;
         float x[kQDim / 32];
-        load_x_f32<kQDim>(p.attn_out, x);
+        load_x_smem<kQDim>(ctl.xs[buf], x);
+        buf ^= 1;
+        const uint32_t tag_prev = L ? stage_tag(p, step, L - 1, kTagHMlp) : 0, tag = stage_tag(p, step, L, kTagHAttn);
         gemv_stage<kQDim>(p, ring, x, stream_segment(p, idx++), step,
                           [&](int row0, int rows, const auto& acc) {
                             if (lane < rows) {
                               const int r = row0 + lane;
-                              const float base = L == 0 ? bf16_to_float(emb[r]) : ld_cg(p.h + r);
+                              const float base = L == 0 ? bf16_to_float(emb[r]) : ll_read_own(p, p.h + r, tag_prev, ctl, step);
                               const float hv = base + pick(acc, lane);
-                              p.h[r] = hv;
-                              if (p.dbg_hidden && !(MK_EXP & 4)) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
+                              ll_store(p.h + r, hv, tag);
+                              if (p.dbg_hidden) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
                             }
                           });
       }
-      load_x_bf16<kHidden>(w.post_norm, norm_w);  // static: fetched before the barrier
-      GRID_BARRIER();
+      load_x_bf16<kHidden>(w.post_norm, norm_w);  // static: fetched before the wait
       {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
+        if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, L, kTagHAttn), ctl.xs[buf], step)) goto done;
         float x[kHidden / 32];
-        load_x_f32<kHidden>(p.h, x);
+        load_x_smem<kHidden>(ctl.xs[buf], x);
+        buf ^= 1;
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
+        const uint32_t tag = stage_tag(p, step, L, kTagAct);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
                             [&](int row0, int rows, const auto& acc) {
                               if (2 * lane < rows)
-                                p.act[row0 / 2 + lane] = silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1);
+                                ll_store(p.act + row0 / 2 + lane, silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1), tag);
                             });
       }
-      GRID_BARRIER();
       {  // down projection + residual: h = h + Wd act
+        if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[buf], step)) goto done;
         float x[kInter / 32];
-        load_x_f32<kInter>(p.act, x);
+        load_x_smem<kInter>(ctl.xs[buf], x);
+        buf ^= 1;
+        const uint32_t tag_prev = stage_tag(p, step, L, kTagHAttn), tag = stage_tag(p, step, L, kTagHMlp);
         gemv_stage<kInter>(p, ring, x, stream_segment(p, idx++), step,
                            [&](int row0, int rows, const auto& acc) {
                              if (lane < rows) {
                                const int r = row0 + lane;
-                               const float hv = ld_cg(p.h + r) + pick(acc, lane);
-                               p.h[r] = hv;
-                               if (p.dbg_hidden && !(MK_EXP & 4)) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
+                               const float hv = ll_read_own(p, p.h + r, tag_prev, ctl, step) + pick(acc, lane);
+                               ll_store(p.h + r, hv, tag);
+                               if (p.dbg_hidden) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
                              }
                            });
       }
       load_x_bf16<kHidden>(L + 1 < kLayers ? p.layer[L + 1].input_norm : p.final_norm, norm_w);
-      GRID_BARRIER();
     }
     {  // final norm + LM head + argmax
+      if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, kLayers - 1, kTagHMlp), ctl.xs[buf], step)) goto done;
       float x[kHidden / 32];
-      load_x_f32<kHidden>(p.h, x);
+      load_x_smem<kHidden>(ctl.xs[buf], x);
+      buf ^= 1;
       rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
       float best_v = -INFINITY;
       int best_i = 0x7fffffff;
@@ -132,11 +166,9 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                                 best_v = acc[r];
                                 best_i = row0 + r;
                               }
-                            if (p.dbg_logits && !(MK_EXP & 4) && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
+                            if (p.dbg_logits && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
                           });
-      STAMP(2 * bar + 2);
       if (!publish_argmax(p, ctl, best_v, best_i, step)) goto done;
-      STAMP(2 * bar + 3);
     }
   }
 done:
@@ -144,7 +176,7 @@ done:
   if (threadIdx.x == 0) ctl.consumers_done = 1;
 }
 
-__global__ void __launch_bounds__(kThreadsMax, 1) qwen3_megakernel(const __grid_constant__ MkParams p) {
+__global__ void __launch_bounds__((kConsumerWarps + kProducerWarps) * 32, 1) qwen3_megakernel(const __grid_constant__ MkParams p) {
   extern __shared__ __align__(128) uint8_t ring_slots[];
   __shared__ BlockControl ctl;
   ring_init(ctl, p.nslots);
@@ -198,10 +230,11 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   MkParams& p = e->p;
   p.k_cache = (bf16_t*)take(kv);
   p.v_cache = (bf16_t*)take(kv);
-  p.h = (float*)take(kHidden * 4);
-  p.qkv = (float*)take(kQKVDim * 4);
-  p.attn_out = (float*)take(kQDim * 4);
-  p.act = (float*)take(kInter * 4);
+  using ll_t = unsigned long long;
+  p.h = (ll_t*)take(kHidden * 8);
+  p.qkv = (ll_t*)take(kQKVDim * 8);
+  p.attn_out = (ll_t*)take(kQDim * 8);
+  p.act = (ll_t*)take(kInter * 8);
   p.attn_partial = (float*)take((size_t)kKVHeads * e->attn_max_chunks * kGroup * (kHeadDim + 2) * 4);
   p.lm_best_val = (float*)take(e->grid * 4);
   p.lm_best_idx = (int*)take(e->grid * 4);
@@ -358,7 +391,8 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.timeout_ns = 2000ull * 1000 * 1000;
   if (const char* env = getenv("MK_TIMEOUT_MS")) p.timeout_ns = (unsigned long long)(atof(env) * 1e6);
   p.fault_block = -1;
-  p.fault_barrier = -1;
+  p.fault_layer = -1;
+  p.tag_base = 1;
   return 0;
 }
 
@@ -406,8 +440,9 @@ int mk_set_eos(MkEngine* e, const int* ids, int n) {
 
 int mk_set_timeout_ms(MkEngine* e, double ms) { e->p.timeout_ns = (unsigned long long)(ms * 1e6); return 0; }
 
-// Test builds: block `block` skips grid barrier number `barrier` (1-based), so the launch must time out.
-int mk_set_fault(MkEngine* e, int block, int barrier) { e->p.fault_block = block; e->p.fault_barrier = barrier; return 0; }
+// Fault injection (tests): block `block` never writes its QKV rows of layer `layer` (-1: off), so
+// the launch must time out and report it.
+int mk_set_fault(MkEngine* e, int block, int layer) { e->p.fault_block = block; e->p.fault_layer = layer; return 0; }
 
 float mk_last_ms(MkEngine* e) { return e->last_ms; }
 
@@ -440,9 +475,11 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   p.pos0 = pos0;
   p.n_steps = n_steps;
   p.n_eos = (int)e->eos.size();
-  if (!debug && !(MK_EXP & 4)) { p.dbg_hidden = nullptr; p.dbg_logits = nullptr; }
+  if (!debug) { p.dbg_hidden = nullptr; p.dbg_logits = nullptr; }
   if (n_forced) MK_TRY(cudaMemcpy(e->d_tokens, forced, n_forced * sizeof(int), cudaMemcpyHostToDevice));
   MK_TRY(cudaMemset(p.sync, 0, 256));
+  // Tags of this launch are new: nothing left by an earlier (even failed) launch can match.
+  e->p.tag_base = p.tag_base + (uint32_t)((n_steps + 1) * kLayers * 5 + 8);
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
   void* args[] = {&p};
   MK_TRY(cudaEventRecord(e->ev0));
@@ -456,7 +493,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   MK_TRY(cudaMemcpy(errinfo, p.error, sizeof errinfo, cudaMemcpyDeviceToHost));
   MK_TRY(cudaMemcpy(&stop, p.stop, sizeof stop, cudaMemcpyDeviceToHost));
   if (errinfo[0] != MK_OK) {
-    static const char* names[] = {"ok", "grid barrier timeout", "weight ring timeout", "token publish timeout",
+    static const char* names[] = {"ok", "activation wait timeout", "weight ring timeout", "token publish timeout",
                                   "token id out of range"};
     char m[300];
     snprintf(m, sizeof m, "kernel stopped: %s (block %d, detail %d, step %d); the GPU state is clean, "
@@ -536,27 +573,6 @@ int main(int argc, char** argv) {
   if (mk_run(e, nullptr, 0, ctx, 8, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   if (mk_run(e, nullptr, 0, ctx, steps, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   const double ms_tok = mk_last_ms(e) / steps;
-#if MK_EXP & 4
-  {  // per-stage breakdown of step 1: work (previous barrier exit -> arrival) and wait (arrival -> exit)
-    std::vector<unsigned long long> t(2048);
-    CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_logits, t.size() * 8, cudaMemcpyDeviceToHost));
-    const char* names[5] = {"qkv", "attn", "o", "gateup", "down"};
-    for (int b = 0; b < 2; ++b) {
-      double work[6] = {0}, wait[6] = {0};
-      const unsigned long long* s = t.data() + b * 1024;
-      // barrier k (1-based): arrival stamp s[2k-2], exit stamp s[2k-1]
-      for (int k = 2; k <= 5 * kLayers; ++k) {
-        work[(k - 1) % 5] += (double)(s[2 * k - 2] - s[2 * k - 3]) / (kLayers - (k <= 5));
-        wait[(k - 1) % 5] += (double)(s[2 * k - 1] - s[2 * k - 2]) / (kLayers - (k <= 5));
-      }
-      const int last = 5 * kLayers;
-      printf("block %s:", b ? "last" : "0");
-      for (int i = 0; i < 5; ++i) printf(" %s work %.2f wait %.2f |", names[i], work[i] / 1e3, wait[i] / 1e3);
-      printf(" lm work %.2f token wait %.2f (us)\n", (s[2 * last + 2] - s[2 * last - 1]) / 1e3,
-             (s[2 * last + 3] - s[2 * last + 2]) / 1e3);
-    }
-  }
-#endif
   const double bw = mk_measure_read_bandwidth(4.0, 9);
   const double bytes = mk_bytes_per_token(e, ctx + steps / 2);
   const double roofline = bw * 1e9 / bytes;

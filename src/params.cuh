@@ -25,15 +25,17 @@ struct MkParams {
   bf16_t* v_cache;              // (layers, kv_heads, max_ctx, head_dim)
   int max_ctx;
 
-  float* h;                     // (hidden)   residual stream
-  float* qkv;                   // (qkv_dim)  raw projections of this layer
-  float* attn_out;              // (q_dim)    attention output, heads concatenated
-  float* act;                   // (inter)    silu(gate) * up
+  // Activations as tagged words (barriers.cuh): low 32 bits float, high 32 bits tag.
+  unsigned long long* h;        // (hidden)   residual stream
+  unsigned long long* qkv;      // (qkv_dim)  raw projections of this layer
+  unsigned long long* attn_out; // (q_dim)    attention output, heads concatenated
+  unsigned long long* act;      // (inter)    silu(gate) * up
+  uint32_t tag_base;            // tags of this launch start here (host advances it per launch)
   float* attn_partial;          // (kv_heads, max_chunks, group, head_dim + 2) split-KV partials
-  unsigned* head_counter;       // (kv_heads) chunks finished per KV head this layer
+  unsigned* head_counter;       // (kv_heads) split-KV chunks finished per KV head, cumulative
   float* lm_best_val;           // (grid) per-block best logit
   int* lm_best_idx;             // (grid) its row
-  unsigned* sync;               // [0] grid barrier arrivals, [1] LM-head arrivals, [2] tokens published
+  unsigned* sync;               // [1] LM-head arrivals, [2] tokens published (cumulative)
   int* error;                   // [0] MkErrorCode, [1] block, [2] barrier index / detail, [3] step
 
   const int* forced_tokens;     // (n_forced) inputs of the first steps (the prompt)
@@ -51,6 +53,6 @@ struct MkParams {
 
   int nslots;                   // ring depth (from the device's shared memory)
   unsigned long long timeout_ns;  // bound on every spin-wait
-  int fault_block;              // test builds: this block skips barrier `fault_barrier`
-  int fault_barrier;
+  int fault_block;              // fault injection: this block never writes its QKV rows
+  int fault_layer;              // ... of this layer (-1: off), so the launch must time out
 };
