@@ -33,7 +33,7 @@ struct BlockControl {
   float best_val[kConsumerWarps];
   int best_idx[kConsumerWarps];
   float attn[kConsumerWarps][kGroup][kHeadDim + 2];  // per-warp softmax partials (m, l, o)
-  float xs[2][kInter > kQDim ? kInter : kQDim];     // staged stage inputs, double-buffered
+  alignas(16) float xs[2][kInter > kQDim ? kInter : kQDim];  // staged stage inputs, double-buffered
 };
 
 // Named barrier 1: the consumer warps only (the producer warps never wait on it).
