@@ -24,6 +24,16 @@
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
+// MK_EXP & 4 (timing builds only): thread 0 stamps, for step 1, when each stage's input was
+// ready (kind 0) and when its outputs were written (kind 1). The harness prints the breakdown.
+constexpr int kTimedStages = 5 * kLayers + 1;
+__device__ __forceinline__ void stamp(const MkParams& p, int step, int stage, int kind) {
+#if MK_EXP & 4
+  if (step == 1 && threadIdx.x == 0)
+    p.dbg_times[((size_t)blockIdx.x * kTimedStages + stage) * 2 + kind] = global_timer_ns();
+#endif
+}
+
 // Tags of the activations written in (step, layer): one per stage output (barriers.cuh).
 enum TagKind { kTagQKV = 0, kTagAttn = 1, kTagHAttn = 2, kTagAct = 3, kTagHMlp = 4, kTagsPerLayer = 5 };
 __device__ __forceinline__ uint32_t stage_tag(const MkParams& p, int step, int layer, int kind) {
@@ -87,22 +97,27 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
           load_x_smem<kHidden>(ctl.xs[buf], x);
           buf ^= 1;
         }
+        stamp(p, step, 5 * L, 0);
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagQKV);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
                             [&](int row0, int rows, const auto& acc) {
                               if (lane < rows && !mute) ll_store(p.qkv + row0 + lane, pick(acc, lane), tag);
                             });
+        stamp(p, step, 5 * L, 1);
       }
       {
         const int nchunks = (pos + 1 + kAttnChunk - 1) / kAttnChunk;
+        stamp(p, step, 5 * L + 1, 0);
         if (!attention_stage(p, ctl, L, pos, kAttnChunk, stage_tag(p, step, L, kTagQKV),
                              stage_tag(p, step, L, kTagAttn), attn_counter, step))
           goto done;
         if (nchunks > 1) attn_counter += nchunks;
+        stamp(p, step, 5 * L + 1, 1);
       }
       {  // O projection + residual: h = h + Wo attn
         if (!ll_stage<kQDim>(p, ctl, p.attn_out, stage_tag(p, step, L, kTagAttn), ctl.xs[buf], step)) goto done;
+        stamp(p, step, 5 * L + 2, 0);
         float x[kQDim / 32];
         load_x_smem<kQDim>(ctl.xs[buf], x);
         buf ^= 1;
@@ -117,10 +132,12 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                               if (p.dbg_hidden) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
                             }
                           });
+        stamp(p, step, 5 * L + 2, 1);
       }
       load_x_bf16<kHidden>(w.post_norm, norm_w);  // static: fetched before the wait
       {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
         if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, L, kTagHAttn), ctl.xs[buf], step)) goto done;
+        stamp(p, step, 5 * L + 3, 0);
         float x[kHidden / 32];
         load_x_smem<kHidden>(ctl.xs[buf], x);
         buf ^= 1;
@@ -131,9 +148,11 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                               if (2 * lane < rows)
                                 ll_store(p.act + row0 / 2 + lane, silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1), tag);
                             });
+        stamp(p, step, 5 * L + 3, 1);
       }
       {  // down projection + residual: h = h + Wd act
         if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[buf], step)) goto done;
+        stamp(p, step, 5 * L + 4, 0);
         float x[kInter / 32];
         load_x_smem<kInter>(ctl.xs[buf], x);
         buf ^= 1;
@@ -147,11 +166,13 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                                if (p.dbg_hidden) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
                              }
                            });
+        stamp(p, step, 5 * L + 4, 1);
       }
       load_x_bf16<kHidden>(L + 1 < kLayers ? p.layer[L + 1].input_norm : p.final_norm, norm_w);
     }
     {  // final norm + LM head + argmax
       if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, kLayers - 1, kTagHMlp), ctl.xs[buf], step)) goto done;
+      stamp(p, step, 5 * kLayers, 0);
       float x[kHidden / 32];
       load_x_smem<kHidden>(ctl.xs[buf], x);
       buf ^= 1;
@@ -168,6 +189,7 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
                               }
                             if (p.dbg_logits && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
                           });
+      stamp(p, step, 5 * kLayers, 1);
       if (!publish_argmax(p, ctl, best_v, best_i, step)) goto done;
     }
   }
@@ -249,6 +271,7 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   p.cur_token = (int*)(ctl + 32 + 4 * kKVHeads);
   p.stop = p.cur_token + 1;
   p.eos_ids = (const int*)take(64 * 4);
+  p.dbg_times = (unsigned long long*)take((size_t)e->grid * kTimedStages * 2 * 8);
   return off;
 }
 
@@ -573,6 +596,34 @@ int main(int argc, char** argv) {
   if (mk_run(e, nullptr, 0, ctx, 8, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   if (mk_run(e, nullptr, 0, ctx, steps, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   const double ms_tok = mk_last_ms(e) / steps;
+#if MK_EXP & 4
+  {  // where step 1 spent its time: per stage kind, medians over layers (microseconds)
+    const int G = e->grid;
+    std::vector<unsigned long long> t((size_t)G * kTimedStages * 2);
+    CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_times, t.size() * 8, cudaMemcpyDeviceToHost));
+    auto T = [&](int b, int s, int k) { return (double)t[((size_t)b * kTimedStages + s) * 2 + k]; };
+    const char* names[6] = {"qkv", "attn", "o", "gateup", "down", "lm"};
+    std::vector<double> span[6], lat[6], work[6], spread[6];
+    for (int s = 1; s < kTimedStages; ++s) {
+      double prev_done = 0, first_ready = 1e30, last_ready = 0, last_done = 0;
+      for (int b = 0; b < G; ++b) {
+        prev_done = std::max(prev_done, T(b, s - 1, 1));
+        first_ready = std::min(first_ready, T(b, s, 0));
+        last_ready = std::max(last_ready, T(b, s, 0));
+        last_done = std::max(last_done, T(b, s, 1));
+      }
+      const int kind = s == kTimedStages - 1 ? 5 : s % 5;
+      span[kind].push_back((last_done - prev_done) / 1e3);      // stage on the critical path
+      lat[kind].push_back((first_ready - prev_done) / 1e3);     // last write -> first reader ready
+      spread[kind].push_back((last_ready - first_ready) / 1e3);  // readers' skew
+      work[kind].push_back((last_done - last_ready) / 1e3);     // after the last reader was ready
+    }
+    auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v.empty() ? 0.0 : v[v.size() / 2]; };
+    printf("stage   span   latency  skew   work  (us, medians over layers, step 1)\n");
+    for (int k = 0; k < 6; ++k)
+      printf("%-7s %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]));
+  }
+#endif
   const double bw = mk_measure_read_bandwidth(4.0, 9);
   const double bytes = mk_bytes_per_token(e, ctx + steps / 2);
   const double roofline = bw * 1e9 / bytes;

@@ -50,6 +50,7 @@ struct MkParams {
 
   float* dbg_hidden;            // (layers, 2, hidden) residual after attention / MLP, or null
   float* dbg_logits;            // (vocab) logits of the last step, or null
+  unsigned long long* dbg_times; // MK_EXP & 4 builds: (grid, stages, 2) timestamps of step 1
 
   int nslots;                   // ring depth (from the device's shared memory)
   unsigned long long timeout_ns;  // bound on every spin-wait
