@@ -411,6 +411,9 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.lm_head = e->info.header.tie_word_embeddings ? p.embed : tensor(MK_T_LM_HEAD);
   p.max_ctx = max_ctx;
   p.nslots = e->nslots;
+  // L2 prefetch distance: 3/4 of the L2 shared by all blocks, in slots per block.
+  p.prefetch_slots = (int)(0.75 * prop.l2CacheSize / ((double)e->grid * kSlotBytes));
+  if (const char* env = getenv("MK_PREFETCH_SLOTS")) p.prefetch_slots = atoi(env);  // tuning knob
   p.timeout_ns = 2000ull * 1000 * 1000;
   if (const char* env = getenv("MK_TIMEOUT_MS")) p.timeout_ns = (unsigned long long)(atof(env) * 1e6);
   p.fault_block = -1;

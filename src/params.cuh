@@ -53,6 +53,7 @@ struct MkParams {
   unsigned long long* dbg_times; // MK_EXP & 4 builds: (grid, stages, 2) timestamps of step 1
 
   int nslots;                   // ring depth (from the device's shared memory)
+  int prefetch_slots;           // sm_90: L2 prefetch distance ahead of the ring, in slots
   unsigned long long timeout_ns;  // bound on every spin-wait
   int fault_block;              // fault injection: this block never writes its QKV rows
   int fault_layer;              // ... of this layer (-1: off), so the launch must time out

@@ -168,7 +168,33 @@ __device__ __forceinline__ bool producer_wait_empty(const MkParams& p, const Rin
   }
 }
 
-// The producer warp(s): stream every segment of every step into the ring.
+// Walks the weight stream of one block slot by slot: every step, every segment, rows_per_slot
+// rows at a time. The ring fill and the L2 prefetch front are two cursors over it.
+struct StreamCursor {
+  int step, idx, r0, rps;
+  Segment s;
+  __device__ __forceinline__ void begin(const MkParams& p) {
+    step = 0; idx = 0; r0 = 0;
+    s = stream_segment(p, 0);
+    rps = rows_per_slot(s.K);
+  }
+  __device__ __forceinline__ bool done(const MkParams& p) const { return step >= p.n_steps; }
+  __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)(s.row0 + r0) * s.K; }
+  __device__ __forceinline__ unsigned bytes() const { return (unsigned)(min(rps, s.nrows - r0) * s.K * 2); }
+  __device__ __forceinline__ void advance(const MkParams& p) {
+    r0 += rps;
+    while (r0 >= s.nrows && step < p.n_steps) {  // next non-empty segment
+      r0 = 0;
+      if (++idx == kStreamPerToken) { idx = 0; ++step; }
+      if (step < p.n_steps) { s = stream_segment(p, idx); rps = rows_per_slot(s.K); }
+    }
+  }
+};
+
+// The producer warp(s): stream every segment of every step into the ring. On sm_90 the lane
+// also keeps an L2 prefetch front p.prefetch_slots slots ahead of the ring: the ring (shared
+// memory) holds under half a layer, the L2 holds more, so DRAM keeps streaming while the
+// consumers wait on activations and the ring sits full.
 __device__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots, int producer_warp) {
   Ring r{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -176,45 +202,44 @@ __device__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
   if (lane != 0) return;
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  StreamCursor pf;
+  pf.begin(p);
+  uint32_t pf_seq = 0;
 #endif
+  StreamCursor fill;
+  fill.begin(p);
   uint32_t seq = 0;
-  bool go = true;
-  for (int step = 0; step < p.n_steps && go; ++step) {
-    for (int idx = 0; idx < kStreamPerToken && go; ++idx) {
-      const Segment s = stream_segment(p, idx);
-      const int rps = rows_per_slot(s.K);
-      for (int r0 = 0; r0 < s.nrows && go; r0 += rps, ++seq) {
-        const unsigned bytes = (unsigned)(min(rps, s.nrows - r0) * s.K * 2);
-        const bf16_t* src = s.base + (size_t)(s.row0 + r0) * s.K;
-        uint8_t* dst = slots + (size_t)(seq % r.nslots) * kSlotBytes;
+  for (; !fill.done(p); ++seq, fill.advance(p)) {
+    const unsigned bytes = fill.bytes();
+    uint8_t* dst = slots + (size_t)(seq % r.nslots) * kSlotBytes;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-        if (!(go = producer_wait_empty(p, r, seq))) break;
-        unsigned long long* full = &ctl.full[seq % r.nslots];
-        mbar_expect_tx(full, bytes);
-        bulk_copy_g2s(dst, src, bytes, full, policy);
+    for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p))
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.src()), "r"(pf.bytes()) : "memory");
+    if (!producer_wait_empty(p, r, seq)) break;
+    unsigned long long* full = &ctl.full[seq % r.nslots];
+    mbar_expect_tx(full, bytes);
+    bulk_copy_g2s(dst, fill.src(), bytes, full, policy);
 #else
-        if ((int)(seq % kProducerWarps) != producer_warp) continue;
-        if (!(go = producer_wait_empty(p, r, seq))) break;
-        const uint4* s4 = reinterpret_cast<const uint4*>(src);
-        uint4* d4 = reinterpret_cast<uint4*>(dst);
-        const int n16 = (int)(bytes / 16);
-        for (int i = lane; i < n16; i += 32 * 8) {
-          uint4 v[8];
+    if ((int)(seq % kProducerWarps) != producer_warp) continue;
+    if (!producer_wait_empty(p, r, seq)) break;
+    const uint4* s4 = reinterpret_cast<const uint4*>(fill.src());
+    uint4* d4 = reinterpret_cast<uint4*>(dst);
+    const int n16 = (int)(bytes / 16);
+    for (int i = lane; i < n16; i += 32 * 8) {
+      uint4 v[8];
 #pragma unroll
-          for (int u = 0; u < 8; ++u)
-            if (i + 32 * u < n16) v[u] = ld_weight16(s4 + i + 32 * u);
+      for (int u = 0; u < 8; ++u)
+        if (i + 32 * u < n16) v[u] = ld_weight16(s4 + i + 32 * u);
 #pragma unroll
-          for (int u = 0; u < 8; ++u)
-            if (i + 32 * u < n16) d4[i + 32 * u] = v[u];
-        }
-        __syncwarp();
-        if (lane == 0) {
-          __threadfence_block();
-          ctl.full_flag[seq % r.nslots] = (int)(seq / r.nslots) + 1;
-        }
-#endif
-      }
+      for (int u = 0; u < 8; ++u)
+        if (i + 32 * u < n16) d4[i + 32 * u] = v[u];
     }
+    __syncwarp();
+    if (lane == 0) {
+      __threadfence_block();
+      ctl.full_flag[seq % r.nslots] = (int)(seq / r.nslots) + 1;
+    }
+#endif
   }
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Copies still in flight must land before the block's shared memory goes away.
