@@ -90,23 +90,46 @@ __device__ __forceinline__ bool ll_wait2(const MkParams& p, const unsigned long 
 }
 
 // All consumer threads: wait for the N-word activation `src` with `tag` and copy its values to
-// shared memory `dst`. Returns false (for every thread) when the launch must stop.
+// shared memory `dst`. Every round re-issues the loads of all words not yet seen, together, so
+// the wait ends one L2 round trip after the last word lands (not one round trip per word).
+// Returns false (for every thread) when the launch must stop.
 template <int N>
 __device__ __forceinline__ bool ll_stage(const MkParams& p, BlockControl& ctl, const unsigned long long* src,
                                          uint32_t tag, float* dst, int step) {
   constexpr int kThreads = kConsumerWarps * 32, kPairs = N / 2, kPer = (kPairs + kThreads - 1) / kThreads;
   ulonglong2 v[kPer];
+  bool ready[kPer];
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {  // all loads in flight first
     const int i = threadIdx.x + u * kThreads;
     if (i < kPairs) v[u] = ll_load2(src + 2 * i);
   }
   bool ok = true;
+  uint64_t t0 = 0;
+  for (unsigned round = 0;; ++round) {
+    bool all = true;
+#pragma unroll
+    for (int u = 0; u < kPer; ++u) {
+      const int i = threadIdx.x + u * kThreads;
+      ready[u] = i >= kPairs || (ll_tag(v[u].x) == tag && ll_tag(v[u].y) == tag);
+      all = all && ready[u];
+    }
+    if (all) break;
+    if (round == 0) t0 = global_timer_ns();
+    else if ((round & 15) == 0 && (error_raised(p) || global_timer_ns() - t0 > p.timeout_ns)) {
+      if (!error_raised(p)) raise_error(p, MK_ERR_WAIT_TIMEOUT, (int)(tag - p.tag_base), step);
+      ok = false;
+      break;
+    }
+    __nanosleep(32);
+#pragma unroll
+    for (int u = 0; u < kPer; ++u)
+      if (!ready[u]) v[u] = ll_load2(src + 2 * (threadIdx.x + u * kThreads));
+  }
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {
     const int i = threadIdx.x + u * kThreads;
-    if (i < kPairs && ok) {
-      ok = ll_wait2(p, src + 2 * i, tag, v[u], step);
+    if (i < kPairs) {
       dst[2 * i] = ll_value(v[u].x);
       dst[2 * i + 1] = ll_value(v[u].y);
     }

@@ -48,7 +48,9 @@ __device__ __forceinline__ bool ll_load_head(const MkParams& p, const unsigned l
                                              float (&v)[4], int step) {
   const unsigned long long* s = src + 4 * (threadIdx.x & 31);
   ulonglong2 a = ll_load2(s), b = ll_load2(s + 2);
-  const bool ok = ll_wait2(p, s, tag, a, step) && ll_wait2(p, s + 2, tag, b, step);
+  bool ok = true;
+  if (ll_tag(a.x) != tag || ll_tag(a.y) != tag || ll_tag(b.x) != tag || ll_tag(b.y) != tag)
+    ok = ll_wait2(p, s, tag, a, step) && ll_wait2(p, s + 2, tag, b, step);
   v[0] = ll_value(a.x); v[1] = ll_value(a.y); v[2] = ll_value(b.x); v[3] = ll_value(b.y);
   return ok;
 }
