@@ -21,6 +21,42 @@ __device__ __forceinline__ float dot4(const float (&a)[4], const uint2& kraw) {
          a[2] * __uint_as_float(kraw.y << 16) + a[3] * __uint_as_float(kraw.y & 0xffff0000u);
 }
 
+// Loads K and V rows tb..tb+3 (clamped below t_end; the caller masks the excess).
+__device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end,
+                                              uint2 (&kr)[4], uint2 (&vr)[4]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    const int t = min(tb + u, t_end - 1);
+    kr[u] = __ldcg(reinterpret_cast<const uint2*>(kc + (size_t)t * kHeadDim) + lane);
+    vr[u] = __ldcg(reinterpret_cast<const uint2*>(vc + (size_t)t * kHeadDim) + lane);
+  }
+}
+
+// Online softmax (base 2): folds scores s[0..3] into running max m, sum l and output o;
+// returns the weights pu of the new scores (masked scores are kNegBig and get ~0).
+__device__ __forceinline__ void online_softmax_update(float& m, float& l, float (&o)[4], const float (&s)[4],
+                                                      float (&pu)[4]) {
+  const float mnew = fmaxf(fmaxf(m, fmaxf(s[0], s[1])), fmaxf(s[2], s[3]));
+  const float scale = exp2f(m - mnew);
+  l *= scale;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) o[i] *= scale;
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    pu[u] = exp2f(s[u] - mnew);
+    l += pu[u];
+  }
+  m = mnew;
+}
+
+__device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint2& v) {
+  o[0] = fmaf(pu, __uint_as_float(v.x << 16), o[0]);
+  o[1] = fmaf(pu, __uint_as_float(v.x & 0xffff0000u), o[1]);
+  o[2] = fmaf(pu, __uint_as_float(v.y << 16), o[2]);
+  o[3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[3]);
+}
+
 __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, int layer, int pos,
                                                 int chunk, uint32_t tag_in, uint32_t tag_out,
                                                 unsigned counter_base, int step) {
@@ -37,6 +73,14 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     const bf16_t* kc = p.k_cache + kv_offset(p, layer, j, 0);
     const bf16_t* vc = p.v_cache + kv_offset(p, layer, j, 0);
 
+    // Positions before `pos` come from the cache; their loads do not depend on this step, so
+    // each warp issues its first batch before waiting for q, k and v. The current position's
+    // k and v stay in registers (warp 0 folds them in) while they are appended to the cache.
+    const int t_old = min(t1, pos);
+    int tb = t0 + warp * 4;
+    uint2 kr[4], vr[4];
+    if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
+
     float q[kGroup][4];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
@@ -45,18 +89,15 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] *= qscale;
     }
-    if (t1 == n) {  // this item holds the current position: append k and v first
-      if (warp == 0) {
-        float k[4], v[4];
-        if (!ll_load_head(p, p.qkv + kQDim + j * kHeadDim, tag_in, k, step) ||
-            !ll_load_head(p, p.qkv + kQDim + kKVDim + j * kHeadDim, tag_in, v, step))
-          ctl.abort = 1;
-        head_norm_rope(k, w.k_norm, p.rope_inv_freq, pos);
-        store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), k);
-        store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), v);
-        __threadfence_block();
-      }
-      consumer_sync();
+    const bool has_current = t1 == n && warp == 0;
+    float kcur[4], vcur[4];
+    if (has_current) {
+      if (!ll_load_head(p, p.qkv + kQDim + j * kHeadDim, tag_in, kcur, step) ||
+          !ll_load_head(p, p.qkv + kQDim + kKVDim + j * kHeadDim, tag_in, vcur, step))
+        ctl.abort = 1;
+      head_norm_rope(kcur, w.k_norm, p.rope_inv_freq, pos);
+      store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
+      store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);
     }
 
     float m[kGroup], l[kGroup], o[kGroup][4];
@@ -66,14 +107,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
 #pragma unroll
       for (int i = 0; i < 4; ++i) o[g][i] = 0.f;
     }
-    for (int tb = t0 + warp * 4; tb < t1; tb += kConsumerWarps * 4) {
-      uint2 kr[4], vr[4];
-#pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int t = min(tb + u, t1 - 1);  // clamp: masked below
-        kr[u] = __ldcg(reinterpret_cast<const uint2*>(kc + (size_t)t * kHeadDim) + lane);
-        vr[u] = __ldcg(reinterpret_cast<const uint2*>(vc + (size_t)t * kHeadDim) + lane);
-      }
+    for (; tb < t_old; tb += kConsumerWarps * 4) {
       float s[kGroup][4];
 #pragma unroll
       for (int g = 0; g < kGroup; ++g)
@@ -82,25 +116,28 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
 #pragma unroll
       for (int g = 0; g < kGroup; ++g)
 #pragma unroll
-        for (int u = 0; u < 4; ++u) s[g][u] = tb + u < t1 ? warp_sum(s[g][u]) : kNegBig;
+        for (int u = 0; u < 4; ++u) s[g][u] = tb + u < t_old ? warp_sum(s[g][u]) : kNegBig;
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
-        const float mnew = fmaxf(fmaxf(m[g], fmaxf(s[g][0], s[g][1])), fmaxf(s[g][2], s[g][3]));
-        const float scale = exp2f(m[g] - mnew);
-        l[g] *= scale;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) o[g][i] *= scale;
+        float pu[4];
+        online_softmax_update(m[g], l[g], o[g], s[g], pu);
 #pragma unroll
         for (int u = 0; u < 4; ++u) {
-          const float pu = tb + u < t1 ? exp2f(s[g][u] - mnew) : 0.f;
-          l[g] += pu;
-          const uint2 v = vr[u];
-          o[g][0] = fmaf(pu, __uint_as_float(v.x << 16), o[g][0]);
-          o[g][1] = fmaf(pu, __uint_as_float(v.x & 0xffff0000u), o[g][1]);
-          o[g][2] = fmaf(pu, __uint_as_float(v.y << 16), o[g][2]);
-          o[g][3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[g][3]);
+          if (tb + u >= t_old) pu[u] = 0.f;
+          accumulate_v(o[g], pu[u], vr[u]);
         }
-        m[g] = mnew;
+      }
+      if (tb + kConsumerWarps * 4 < t_old) load_kv_batch(kc, vc, tb + kConsumerWarps * 4, t_old, kr, vr);
+    }
+    if (has_current) {  // fold in the current position
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        float sc[4] = {warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]),
+                       kNegBig, kNegBig, kNegBig};
+        float pu[4];
+        online_softmax_update(m[g], l[g], o[g], sc, pu);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[g][i] = fmaf(pu[0], vcur[i], o[g][i]);
       }
     }
     // merge the warps' partials: warp g merges query head g of the group

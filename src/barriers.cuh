@@ -34,6 +34,7 @@ struct BlockControl {
   int best_idx[kConsumerWarps];
   float attn[kConsumerWarps][kGroup][kHeadDim + 2];  // per-warp softmax partials (m, l, o)
   alignas(16) float xs[2][kInter > kQDim ? kInter : kQDim];  // staged stage inputs, double-buffered
+  float h_own[kHidden];  // the residual rows this block owns (O and down projections), by row
 };
 
 // Named barrier 1: the consumer warps only (the producer warps never wait on it).

@@ -40,22 +40,6 @@ __device__ __forceinline__ uint32_t stage_tag(const MkParams& p, int step, int l
   return p.tag_base + (uint32_t)((step * kLayers + layer) * kTagsPerLayer + kind);
 }
 
-// Own rows of the residual, written by this block (maybe by another warp): a tagged read too.
-__device__ __forceinline__ float ll_read_own(const MkParams& p, const unsigned long long* src, uint32_t tag,
-                                             BlockControl& ctl, int step) {
-  const uint64_t t0 = global_timer_ns();
-  for (;;) {
-    unsigned long long w;
-    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(w) : "l"(src) : "memory");
-    if (ll_tag(w) == tag) return ll_value(w);
-    if (global_timer_ns() - t0 > p.timeout_ns) {
-      raise_error(p, MK_ERR_WAIT_TIMEOUT, -2, step);
-      ctl.abort = 1;
-      return 0.f;
-    }
-  }
-}
-
 // This lane's register share of a staged K-vector (rmsnorm.cuh's layout).
 template <int K>
 __device__ __forceinline__ void load_x_smem(const float* xs, float (&x)[K / 32]) {
@@ -121,13 +105,14 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
         float x[kQDim / 32];
         load_x_smem<kQDim>(ctl.xs[buf], x);
         buf ^= 1;
-        const uint32_t tag_prev = L ? stage_tag(p, step, L - 1, kTagHMlp) : 0, tag = stage_tag(p, step, L, kTagHAttn);
+        const uint32_t tag = stage_tag(p, step, L, kTagHAttn);
         gemv_stage<kQDim>(p, ring, x, stream_segment(p, idx++), step,
                           [&](int row0, int rows, const auto& acc) {
                             if (lane < rows) {
                               const int r = row0 + lane;
-                              const float base = L == 0 ? bf16_to_float(emb[r]) : ll_read_own(p, p.h + r, tag_prev, ctl, step);
+                              const float base = L == 0 ? bf16_to_float(emb[r]) : ctl.h_own[r];
                               const float hv = base + pick(acc, lane);
+                              ctl.h_own[r] = hv;
                               ll_store(p.h + r, hv, tag);
                               if (p.dbg_hidden) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
                             }
@@ -156,12 +141,13 @@ __device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
         float x[kInter / 32];
         load_x_smem<kInter>(ctl.xs[buf], x);
         buf ^= 1;
-        const uint32_t tag_prev = stage_tag(p, step, L, kTagHAttn), tag = stage_tag(p, step, L, kTagHMlp);
+        const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
         gemv_stage<kInter>(p, ring, x, stream_segment(p, idx++), step,
                            [&](int row0, int rows, const auto& acc) {
                              if (lane < rows) {
                                const int r = row0 + lane;
-                               const float hv = ll_read_own(p, p.h + r, tag_prev, ctl, step) + pick(acc, lane);
+                               const float hv = ctl.h_own[r] + pick(acc, lane);
+                               ctl.h_own[r] = hv;
                                ll_store(p.h + r, hv, tag);
                                if (p.dbg_hidden) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
                              }
