@@ -36,13 +36,11 @@ constexpr int kMaxSlots = 32;                        // shared-memory control ar
 // lengthen the L2 round trips that every barrier and activation load sits on.
 constexpr int kRingSlots = 8;
 constexpr int kConsumerWarps = 8;                    // warps that compute
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-constexpr int kProducerWarps = 1;                    // one lane issues bulk copies (TMA engine)
-#else
-constexpr int kProducerWarps = 4;                    // warps that copy global -> shared by hand
-#endif
-// Host code needs the largest block size of any architecture it may launch.
-constexpr int kMaxProducerWarps = 4;
+// One producer warp: on sm_90 one lane issues bulk copies; older GPUs copy with its 32 lanes,
+// a whole slot's loads in flight at once. (One block size for every architecture: nvcc applies
+// a kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
+constexpr int kProducerWarps = 1;
+constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 constexpr int kAttnChunk = 256;                      // KV positions per split-KV work item
 
 __host__ __device__ constexpr int rows_per_slot(int K) { return kSlotBytes / (K * 2); }

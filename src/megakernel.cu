@@ -53,7 +53,7 @@ __device__ __forceinline__ void load_x_smem(const float* xs, float (&x)[K / 32])
   }
 }
 
-__device__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
+__device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
   int buf = 0;                 // which ctl.xs buffer the next stage stages into
@@ -184,7 +184,14 @@ done:
   if (threadIdx.x == 0) ctl.consumers_done = 1;
 }
 
-__global__ void __launch_bounds__((kConsumerWarps + kProducerWarps) * 32, 1) qwen3_megakernel(const __grid_constant__ MkParams p) {
+// Register budget: one block per SM, so every thread may use 65536 / kBlockThreads registers.
+// __launch_bounds__ alone left ptxas at 168 registers with spills; __maxnreg__ (CUDA 12.4+) sets it.
+#if __CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 4)
+#define MK_KERNEL_BOUNDS __maxnreg__(65536 / kBlockThreads / 8 * 8)
+#else
+#define MK_KERNEL_BOUNDS __launch_bounds__(kBlockThreads, 1)
+#endif
+__global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkParams p) {
   extern __shared__ __align__(128) uint8_t ring_slots[];
   __shared__ BlockControl ctl;
   ring_init(ctl, p.nslots);
@@ -319,8 +326,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   }
   e->smem = (size_t)e->nslots * kSlotBytes;
   MK_TRY(cudaFuncSetAttribute(qwen3_megakernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->smem));
-  const int producer_warps = e->cc >= 90 ? 1 : kMaxProducerWarps;  // must match config.cuh
-  e->threads = (kConsumerWarps + producer_warps) * 32;
+  e->threads = kBlockThreads;
   int per_sm = 0;
   MK_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, qwen3_megakernel, e->threads, e->smem));
   if (per_sm < 1) {

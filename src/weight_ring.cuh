@@ -6,8 +6,8 @@
 //
 //   sm_90+:  one lane issues cp.async.bulk (the TMA copy engine) per slot, completion tracked
 //            by an mbarrier per slot (full), slots handed back through a second one (empty).
-//   older:   kProducerWarps warps copy with 16-byte loads and stores, and hand slots over
-//            through volatile shared-memory flags.
+//   older:   the producer warp copies with 16-byte loads and stores (a whole slot in flight),
+//            and hands slots over through volatile shared-memory flags.
 // Both sides walk the same sequence of segments (stream_segment), so slot number `seq` means
 // the same rows to the producer and to the consumers.
 #pragma once
@@ -195,7 +195,7 @@ struct StreamCursor {
 // also keeps an L2 prefetch front p.prefetch_slots slots ahead of the ring: the ring (shared
 // memory) holds under half a layer, the L2 holds more, so DRAM keeps streaming while the
 // consumers wait on activations and the ring sits full.
-__device__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots, int producer_warp) {
+__device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots, int producer_warp) {
   Ring r{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -225,15 +225,14 @@ __device__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slo
     const uint4* s4 = reinterpret_cast<const uint4*>(fill.src());
     uint4* d4 = reinterpret_cast<uint4*>(dst);
     const int n16 = (int)(bytes / 16);
-    for (int i = lane; i < n16; i += 32 * 8) {
-      uint4 v[8];
+    constexpr int kPerLane = kSlotBytes / 16 / 32;  // the whole slot in flight: 24 loads a lane
+    uint4 v[kPerLane];
 #pragma unroll
-      for (int u = 0; u < 8; ++u)
-        if (i + 32 * u < n16) v[u] = ld_weight16(s4 + i + 32 * u);
+    for (int u = 0; u < kPerLane; ++u)
+      if (lane + 32 * u < n16) v[u] = ld_weight16(s4 + lane + 32 * u);
 #pragma unroll
-      for (int u = 0; u < 8; ++u)
-        if (i + 32 * u < n16) d4[i + 32 * u] = v[u];
-    }
+    for (int u = 0; u < kPerLane; ++u)
+      if (lane + 32 * u < n16) d4[lane + 32 * u] = v[u];
     __syncwarp();
     if (lane == 0) {
       __threadfence_block();
