@@ -31,11 +31,12 @@ constexpr float kRmsEps = MK_RMS_EPS;
 // slot of every stage is full except a stage's last.
 constexpr int kSlotBytes = 12288;
 constexpr int kMaxSlots = 32;                        // shared-memory control arrays
-// Ring depth: min(this, what shared memory holds). Deeper is not faster: measured on an H200
-// (RESEARCH.md), 16 slots ran 1050 tok/s and 8 slots 1196, because the extra bytes in flight
-// lengthen the L2 round trips that every barrier and activation load sits on.
-constexpr int kRingSlots = 8;
-constexpr int kConsumerWarps = 8;                    // warps that compute
+// Ring depth: min(this, what shared memory holds); tuned on an H200 (RESEARCH.md).
+constexpr int kRingSlots = 14;  // a multiple of kConsumerWarps (gemv_stage)
+// Warps that compute. With the producer warp that makes 8 warps, 2 per SM sub-partition, so
+// each thread may hold up to 255 registers (the activation vector lives in registers). 9 warps
+// would put 3 on one sub-partition and cap every thread at 168 registers (measured: spills).
+constexpr int kConsumerWarps = 7;
 // One producer warp: on sm_90 one lane issues bulk copies; older GPUs copy with its 32 lanes,
 // a whole slot's loads in flight at once. (One block size for every architecture: nvcc applies
 // a kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
