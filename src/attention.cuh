@@ -63,7 +63,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const int n = pos + 1;
   const int nchunks = (n + chunk - 1) / chunk;
-  const int max_chunks = (p.max_ctx + chunk - 1) / chunk;
+  const int max_chunks = p.attn_max_chunks;
   const LayerWeights& w = p.layer[layer];
   const float qscale = rsqrtf((float)kHeadDim) * kLog2e;  // softmax in base 2
 
@@ -81,20 +81,28 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     uint2 kr[4], vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
 
+    // This step's q (kGroup heads), k and v of head j: all loads in flight together.
+    const bool has_current = t1 == n && warp == 0;
+    float qkv_in[kGroup + 2][4];
+    const unsigned long long* srcs[kGroup + 2];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) srcs[g] = p.qkv + (j * kGroup + g) * kHeadDim;
+    srcs[kGroup] = p.qkv + kQDim + j * kHeadDim;
+    srcs[kGroup + 1] = p.qkv + kQDim + kKVDim + j * kHeadDim;
+    if (!ll_load_heads<kGroup + 2>(p, srcs, tag_in, qkv_in, step)) ctl.abort = 1;
     float q[kGroup][4];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
-      if (!ll_load_head(p, p.qkv + (j * kGroup + g) * kHeadDim, tag_in, q[g], step)) ctl.abort = 1;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) q[g][i] = qkv_in[g][i];
       head_norm_rope(q[g], w.q_norm, p.rope_inv_freq, pos);
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] *= qscale;
     }
-    const bool has_current = t1 == n && warp == 0;
     float kcur[4], vcur[4];
     if (has_current) {
-      if (!ll_load_head(p, p.qkv + kQDim + j * kHeadDim, tag_in, kcur, step) ||
-          !ll_load_head(p, p.qkv + kQDim + kKVDim + j * kHeadDim, tag_in, vcur, step))
-        ctl.abort = 1;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) { kcur[i] = qkv_in[kGroup][i]; vcur[i] = qkv_in[kGroup + 1][i]; }
       head_norm_rope(kcur, w.k_norm, p.rope_inv_freq, pos);
       store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
       store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);

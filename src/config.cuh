@@ -42,7 +42,7 @@ constexpr int kConsumerWarps = 7;
 // a kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
 constexpr int kProducerWarps = 1;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
-constexpr int kAttnChunk = 256;                      // KV positions per split-KV work item
+constexpr int kAttnQuantum = kConsumerWarps * 4;     // split-KV chunks are multiples of this
 
 __host__ __device__ constexpr int rows_per_slot(int K) { return kSlotBytes / (K * 2); }
 static_assert(rows_per_slot(kHidden) >= 2 && rows_per_slot(kHidden) % 2 == 0,

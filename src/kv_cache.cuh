@@ -43,14 +43,38 @@ __device__ __forceinline__ void store_head_bf16(bf16_t* dst, const float (&v)[4]
   *reinterpret_cast<uint2*>(dst + 4 * lane) = packed;
 }
 
-// This lane's 4 dims of a head stored as tagged words (barriers.cuh), waiting for `tag`.
-__device__ __forceinline__ bool ll_load_head(const MkParams& p, const unsigned long long* src, uint32_t tag,
-                                             float (&v)[4], int step) {
-  const unsigned long long* s = src + 4 * (threadIdx.x & 31);
-  ulonglong2 a = ll_load2(s), b = ll_load2(s + 2);
+// This lane's 4 dims of N heads stored as tagged words (barriers.cuh), waiting for `tag`. All
+// 2N loads are in flight together and re-issued together, so the wait ends one L2 round trip
+// after the last word lands.
+template <int N>
+__device__ __forceinline__ bool ll_load_heads(const MkParams& p, const unsigned long long* const (&src)[N],
+                                              uint32_t tag, float (&v)[N][4], int step) {
+  const int lane = threadIdx.x & 31;
+  ulonglong2 w[2 * N];
+#pragma unroll
+  for (int i = 0; i < 2 * N; ++i) w[i] = ll_load2(src[i / 2] + 4 * lane + 2 * (i % 2));
   bool ok = true;
-  if (ll_tag(a.x) != tag || ll_tag(a.y) != tag || ll_tag(b.x) != tag || ll_tag(b.y) != tag)
-    ok = ll_wait2(p, s, tag, a, step) && ll_wait2(p, s + 2, tag, b, step);
-  v[0] = ll_value(a.x); v[1] = ll_value(a.y); v[2] = ll_value(b.x); v[3] = ll_value(b.y);
+  uint64_t t0 = 0;
+  for (unsigned round = 0;; ++round) {
+    bool all = true;
+#pragma unroll
+    for (int i = 0; i < 2 * N; ++i) all = all && ll_tag(w[i].x) == tag && ll_tag(w[i].y) == tag;
+    if (all) break;
+    if (round == 0) t0 = global_timer_ns();
+    else if ((round & 15) == 0 && (error_raised(p) || global_timer_ns() - t0 > p.timeout_ns)) {
+      if (!error_raised(p)) raise_error(p, MK_ERR_WAIT_TIMEOUT, -1, step);
+      ok = false;
+      break;
+    }
+    __nanosleep(32);
+#pragma unroll
+    for (int i = 0; i < 2 * N; ++i)
+      if (ll_tag(w[i].x) != tag || ll_tag(w[i].y) != tag) w[i] = ll_load2(src[i / 2] + 4 * lane + 2 * (i % 2));
+  }
+#pragma unroll
+  for (int h = 0; h < N; ++h) {
+    v[h][0] = ll_value(w[2 * h].x); v[h][1] = ll_value(w[2 * h].y);
+    v[h][2] = ll_value(w[2 * h + 1].x); v[h][3] = ll_value(w[2 * h + 1].y);
+  }
   return ok;
 }

@@ -91,9 +91,14 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         stamp(p, step, 5 * L, 1);
       }
       {
-        const int nchunks = (pos + 1 + kAttnChunk - 1) / kAttnChunk;
+        // Split-KV: about one (head, chunk) item per block, chunks a multiple of what the warps
+        // take in one pass. The split depends on the grid size, so results may differ in the last
+        // bits between grid sizes (not between runs).
+        const int per_head = max(1, (int)gridDim.x / kKVHeads);
+        const int chunk = ((pos + 1 + per_head - 1) / per_head + kAttnQuantum - 1) / kAttnQuantum * kAttnQuantum;
+        const int nchunks = (pos + 1 + chunk - 1) / chunk;
         stamp(p, step, 5 * L + 1, 0);
-        if (!attention_stage(p, ctl, L, pos, kAttnChunk, stage_tag(p, step, L, kTagQKV),
+        if (!attention_stage(p, ctl, L, pos, chunk, stage_tag(p, step, L, kTagQKV),
                              stage_tag(p, step, L, kTagAttn), attn_counter, step))
           goto done;
         if (nchunks > 1) attn_counter += nchunks;
@@ -187,7 +192,7 @@ done:
 // Register budget: one block per SM, so every thread may use 65536 / kBlockThreads registers.
 // __launch_bounds__ alone left ptxas at 168 registers with spills; __maxnreg__ (CUDA 12.4+) sets it.
 #if __CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 4)
-#define MK_KERNEL_BOUNDS __maxnreg__(65536 / kBlockThreads / 8 * 8)
+#define MK_KERNEL_BOUNDS __maxnreg__(65536 / kBlockThreads / 8 * 8 > 248 ? 248 : 65536 / kBlockThreads / 8 * 8)
 #else
 #define MK_KERNEL_BOUNDS __launch_bounds__(kBlockThreads, 1)
 #endif
@@ -297,7 +302,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
     return -1;
   }
   e->max_ctx = max_ctx;
-  e->attn_max_chunks = (max_ctx + kAttnChunk - 1) / kAttnChunk;
+  e->attn_max_chunks = 0;  // set with the grid below
   MK_TRY(cudaGetDevice(&e->device));
   cudaDeviceProp prop;
   MK_TRY(cudaGetDeviceProperties(&prop, e->device));
@@ -340,6 +345,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
              std::to_string(max_grid) + " on this GPU); refusing to launch";
     return -1;
   }
+  e->attn_max_chunks = e->grid / kKVHeads + 2;  // see the split-KV chunk choice in consumer_main
   // Memory: weights + scratch must fit in what is free now.
   e->weight_bytes = e->info.header.payload_bytes;
   e->scratch_bytes = layout_scratch(e, nullptr);
@@ -402,6 +408,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.rope_inv_freq = (const float*)tensor(MK_T_ROPE_INV_FREQ);
   p.lm_head = e->info.header.tie_word_embeddings ? p.embed : tensor(MK_T_LM_HEAD);
   p.max_ctx = max_ctx;
+  p.attn_max_chunks = e->attn_max_chunks;
   p.nslots = e->nslots;
   // L2 prefetch distance: 3/4 of the L2 shared by all blocks, in slots per block.
   p.prefetch_slots = (int)(0.75 * prop.l2CacheSize / ((double)e->grid * kSlotBytes));

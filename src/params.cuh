@@ -31,7 +31,8 @@ struct MkParams {
   unsigned long long* attn_out; // (q_dim)    attention output, heads concatenated
   unsigned long long* act;      // (inter)    silu(gate) * up
   uint32_t tag_base;            // tags of this launch start here (host advances it per launch)
-  float* attn_partial;          // (kv_heads, max_chunks, group, head_dim + 2) split-KV partials
+  float* attn_partial;          // (kv_heads, attn_max_chunks, group, head_dim + 2) split-KV partials
+  int attn_max_chunks;          // chunks per head at most (attention_chunk keeps within it)
   unsigned* head_counter;       // (kv_heads) split-KV chunks finished per KV head, cumulative
   float* lm_best_val;           // (grid) per-block best logit
   int* lm_best_idx;             // (grid) its row
