@@ -95,7 +95,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     for (int g = 0; g < kGroup; ++g) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] = qkv_in[g][i];
-      head_norm_rope(q[g], w.q_norm, p.rope_inv_freq, pos);
+      head_norm_rope(q[g], w.q_norm, ctl.rope_cos, ctl.rope_sin);
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] *= qscale;
     }
@@ -103,7 +103,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     if (has_current) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) { kcur[i] = qkv_in[kGroup][i]; vcur[i] = qkv_in[kGroup + 1][i]; }
-      head_norm_rope(kcur, w.k_norm, p.rope_inv_freq, pos);
+      head_norm_rope(kcur, w.k_norm, ctl.rope_cos, ctl.rope_sin);
       store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
       store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);
     }

@@ -35,6 +35,7 @@ struct BlockControl {
   float attn[kConsumerWarps][kGroup][kHeadDim + 2];  // per-warp softmax partials (m, l, o)
   alignas(16) float xs[2][kInter > kQDim ? kInter : kQDim];  // staged stage inputs, double-buffered
   float h_own[kHidden];  // the residual rows this block owns (O and down projections), by row
+  float rope_cos[kHeadDim / 2], rope_sin[kHeadDim / 2];  // this step's RoPE table (kv_cache.cuh)
 };
 
 // Named barrier 1: the consumer warps only (the producer warps never wait on it).
@@ -77,7 +78,7 @@ __device__ __forceinline__ bool ll_wait2(const MkParams& p, const unsigned long 
   if (ll_tag(v.x) == tag && ll_tag(v.y) == tag) return true;
   const uint64_t t0 = global_timer_ns();
   for (unsigned it = 1;; ++it) {
-    __nanosleep(32);
+    __nanosleep(MK_POLL_SLEEP_NS);
     v = ll_load2(src);
     if (ll_tag(v.x) == tag && ll_tag(v.y) == tag) return true;
     if ((it & 31) == 0) {
@@ -122,7 +123,7 @@ __device__ __forceinline__ bool ll_stage(const MkParams& p, BlockControl& ctl, c
       ok = false;
       break;
     }
-    __nanosleep(32);
+    __nanosleep(MK_POLL_SLEEP_NS);
 #pragma unroll
     for (int u = 0; u < kPer; ++u)
       if (!ready[u]) v[u] = ll_load2(src + 2 * (threadIdx.x + u * kThreads));

@@ -12,9 +12,15 @@ __device__ __forceinline__ size_t kv_offset(const MkParams& p, int layer, int kv
   return (((size_t)layer * kKVHeads + kv_head) * p.max_ctx + pos) * kHeadDim;
 }
 
-// v (this lane's 4 dims of one head) <- RoPE(RMSNorm(v) * w) at position pos.
-__device__ __forceinline__ void head_norm_rope(float (&v)[4], const bf16_t* norm_w,
-                                               const float* inv_freq, int pos) {
+// cos and sin of pos * inv_freq[i], i < head_dim/2: computed once per step into shared memory
+// (by warp 0 of each block; the caller synchronizes) and used by every layer's q and k.
+__device__ __forceinline__ void rope_table(const float* inv_freq, int pos, float* cos_t, float* sin_t) {
+  for (int i = threadIdx.x; i < kHeadDim / 2; i += 32) sincosf((float)pos * inv_freq[i], &sin_t[i], &cos_t[i]);
+}
+
+// v (this lane's 4 dims of one head) <- RoPE(RMSNorm(v) * w), with the step's rope_table.
+__device__ __forceinline__ void head_norm_rope(float (&v)[4], const bf16_t* norm_w, const float* cos_t,
+                                               const float* sin_t) {
   const int lane = threadIdx.x & 31;
   const float inv = rsqrtf(warp_sum(v[0] * v[0] + v[1] * v[1] + v[2] * v[2] + v[3] * v[3]) / kHeadDim + kRmsEps);
   const uint2 wraw = *reinterpret_cast<const uint2*>(norm_w + 4 * lane);
@@ -28,9 +34,8 @@ __device__ __forceinline__ void head_norm_rope(float (&v)[4], const bf16_t* norm
   const bool low = lane < 16;  // dims 0..63 rotate with -x[d+64], dims 64..127 with +x[d-64]
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const int d = 4 * lane + i;
-    float s, c;
-    sincosf((float)pos * inv_freq[d % (kHeadDim / 2)], &s, &c);
+    const int f = (4 * lane + i) % (kHeadDim / 2);
+    const float c = cos_t[f], s = sin_t[f];
     v[i] = low ? v[i] * c - partner[i] * s : v[i] * c + partner[i] * s;
   }
 }
@@ -66,7 +71,7 @@ __device__ __forceinline__ bool ll_load_heads(const MkParams& p, const unsigned 
       ok = false;
       break;
     }
-    __nanosleep(32);
+    __nanosleep(MK_POLL_SLEEP_NS);
 #pragma unroll
     for (int i = 0; i < 2 * N; ++i)
       if (ll_tag(w[i].x) != tag || ll_tag(w[i].y) != tag) w[i] = ll_load2(src[i / 2] + 4 * lane + 2 * (i % 2));

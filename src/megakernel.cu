@@ -67,6 +67,8 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       break;
     }
     const bf16_t* emb = p.embed + (size_t)token * kHidden;
+    if (threadIdx.x < 32) rope_table(p.rope_inv_freq, pos, ctl.rope_cos, ctl.rope_sin);
+    consumer_sync();  // the table is read by every warp's attention; the previous step's readers are done
     int idx = 0;  // stream position within the token
     for (int L = 0; L < kLayers; ++L) {
       const LayerWeights& w = p.layer[L];
