@@ -35,7 +35,7 @@ __device__ __forceinline__ float pick(const float (&acc)[N], int i) {
 
 template <int K, class Epilogue>
 __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const float (&x)[K / 32],
-                                           const Segment& s, int step, Epilogue&& epilogue) {
+                                           const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
   constexpr int RPS = rows_per_slot(K);
   const int nslots = (s.nrows + RPS - 1) / RPS;
   // Slot seq always goes to warp seq % kConsumerWarps, and the ring depth is a multiple of
@@ -47,7 +47,15 @@ __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const 
     const uint32_t seq = ring.base + i;
     const int rows = min(RPS, s.nrows - i * RPS);
     float acc[RPS];
+#if MK_EXP & 4  // timing builds: how long warps wait for weights, per stage kind (step 1)
+    const uint64_t tw0 = global_timer_ns();
+    const bool landed = ring.wait_full(p, seq, step);
+    if (step == 1 && (threadIdx.x & 31) == 0)
+      atomicAdd(p.dbg_times + (size_t)gridDim.x * (5 * kLayers + 1) * 2 + stage_kind, global_timer_ns() - tw0);
+    if (landed) {
+#else
     if (ring.wait_full(p, seq, step)) {
+#endif
       const bf16_t* tile = ring.slot_ptr(seq);
 #pragma unroll
       for (int r = 0; r < RPS; ++r) acc[r] = r < rows ? row_dot_partial<K>(tile + r * K, x) : 0.f;

@@ -86,7 +86,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         stamp(p, step, 5 * L, 0);
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagQKV);
-        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
+        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 0,
                             [&](int row0, int rows, const auto& acc) {
                               if (lane < rows && !mute) ll_store(p.qkv + row0 + lane, pick(acc, lane), tag);
                             });
@@ -113,7 +113,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         load_x_smem<kQDim>(ctl.xs[buf], x);
         buf ^= 1;
         const uint32_t tag = stage_tag(p, step, L, kTagHAttn);
-        gemv_stage<kQDim>(p, ring, x, stream_segment(p, idx++), step,
+        gemv_stage<kQDim>(p, ring, x, stream_segment(p, idx++), step, 2,
                           [&](int row0, int rows, const auto& acc) {
                             if (lane < rows) {
                               const int r = row0 + lane;
@@ -135,7 +135,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         buf ^= 1;
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagAct);
-        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
+        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 3,
                             [&](int row0, int rows, const auto& acc) {
                               if (2 * lane < rows)
                                 ll_store(p.act + row0 / 2 + lane, silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1), tag);
@@ -149,7 +149,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         load_x_smem<kInter>(ctl.xs[buf], x);
         buf ^= 1;
         const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
-        gemv_stage<kInter>(p, ring, x, stream_segment(p, idx++), step,
+        gemv_stage<kInter>(p, ring, x, stream_segment(p, idx++), step, 4,
                            [&](int row0, int rows, const auto& acc) {
                              if (lane < rows) {
                                const int r = row0 + lane;
@@ -172,7 +172,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
       float best_v = -INFINITY;
       int best_i = 0x7fffffff;
-      gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step,
+      gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 5,
                           [&](int row0, int rows, const auto& acc) {
 #pragma unroll
                             for (int r = 0; r < rows_per_slot(kHidden); ++r)
@@ -271,7 +271,7 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   p.cur_token = (int*)(ctl + 32 + 4 * kKVHeads);
   p.stop = p.cur_token + 1;
   p.eos_ids = (const int*)take(64 * 4);
-  p.dbg_times = (unsigned long long*)take((size_t)e->grid * kTimedStages * 2 * 8);
+  p.dbg_times = (unsigned long long*)take(((size_t)e->grid * kTimedStages * 2 + 8) * 8);
   return off;
 }
 
@@ -505,6 +505,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   if (!debug) { p.dbg_hidden = nullptr; p.dbg_logits = nullptr; }
   if (n_forced) MK_TRY(cudaMemcpy(e->d_tokens, forced, n_forced * sizeof(int), cudaMemcpyHostToDevice));
   MK_TRY(cudaMemset(p.sync, 0, 256));
+  if (MK_EXP & 4) MK_TRY(cudaMemset(p.dbg_times, 0, ((size_t)e->grid * kTimedStages * 2 + 8) * 8));
   // Tags of this launch are new: nothing left by an earlier (even failed) launch can match.
   e->p.tag_base = p.tag_base + (uint32_t)((n_steps + 1) * kLayers * 5 + 8);
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
@@ -603,7 +604,7 @@ int main(int argc, char** argv) {
 #if MK_EXP & 4
   {  // where step 1 spent its time: per stage kind, medians over layers (microseconds)
     const int G = e->grid;
-    std::vector<unsigned long long> t((size_t)G * kTimedStages * 2);
+    std::vector<unsigned long long> t((size_t)G * kTimedStages * 2 + 8);
     CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_times, t.size() * 8, cudaMemcpyDeviceToHost));
     auto T = [&](int b, int s, int k) { return (double)t[((size_t)b * kTimedStages + s) * 2 + k]; };
     const char* names[6] = {"qkv", "attn", "o", "gateup", "down", "lm"};
@@ -623,9 +624,11 @@ int main(int argc, char** argv) {
       work[kind].push_back((last_done - last_ready) / 1e3);     // after the last reader was ready
     }
     auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v.empty() ? 0.0 : v[v.size() / 2]; };
-    printf("stage   span   latency  skew   work  (us, medians over layers, step 1)\n");
+    printf("stage   span   latency  skew   work  ring-wait/warp (us, medians over layers, step 1)\n");
+    const unsigned long long* ring_wait = t.data() + (size_t)G * kTimedStages * 2;
     for (int k = 0; k < 6; ++k)
-      printf("%-7s %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]));
+      printf("%-7s %6.2f %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]),
+             ring_wait[k] / 1e3 / G / kConsumerWarps / (k == 5 ? 1 : kLayers));
   }
 #endif
   const double bw = mk_measure_read_bandwidth(4.0, 9);
