@@ -27,7 +27,7 @@ constexpr float kRmsEps = MK_RMS_EPS;
 
 // ---- tuning ---------------------------------------------------------------------------------
 #ifndef MK_POLL_SLEEP_NS
-#define MK_POLL_SLEEP_NS 32  // back-off between polls of an activation word (barriers.cuh)
+#define MK_POLL_SLEEP_NS 200  // back-off between polls of an activation word; tuned (RESEARCH.md)
 #endif
 // Weights stream through a ring of shared-memory slots. A slot holds whole rows; its size is a
 // common multiple of the three row widths (K = hidden, q_dim, intermediate) in bytes, so every

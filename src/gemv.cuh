@@ -9,19 +9,32 @@
 #pragma once
 #include "weight_ring.cuh"
 
-template <int K>
-__device__ __forceinline__ float row_dot_partial(const bf16_t* row, const float (&x)[K / 32]) {
+// This lane's partial dot products of all RPS rows of a slot with x. Chunk-outer, row-inner,
+// two accumulators per row: the FMA chains of different rows and halves interleave, so the
+// warp is throughput-bound rather than waiting out one 32-long dependent chain per row.
+// Rows past the slot's end are computed on stale data and discarded by the caller.
+template <int K, int RPS>
+__device__ __forceinline__ void slot_dot_partial(const bf16_t* tile, const float (&x)[K / 32], float (&acc)[RPS]) {
   const int lane = threadIdx.x & 31;
-  const uint4* r = reinterpret_cast<const uint4*>(row);
-  float acc = 0.f;
+  const uint4* t = reinterpret_cast<const uint4*>(tile);
+  float a0[RPS], a1[RPS];
+#pragma unroll
+  for (int r = 0; r < RPS; ++r) a0[r] = a1[r] = 0.f;
 #pragma unroll
   for (int c = 0; c < K / 256; ++c) {
-    float w[8];
-    unpack_bf16x8(r[c * 32 + lane], w);
 #pragma unroll
-    for (int j = 0; j < 8; ++j) acc = fmaf(w[j], x[c * 8 + j], acc);
+    for (int r = 0; r < RPS; ++r) {
+      float w[8];
+      unpack_bf16x8(t[r * (K / 8) + c * 32 + lane], w);
+#pragma unroll
+      for (int j = 0; j < 8; j += 2) {
+        a0[r] = fmaf(w[j], x[c * 8 + j], a0[r]);
+        a1[r] = fmaf(w[j + 1], x[c * 8 + j + 1], a1[r]);
+      }
+    }
   }
-  return acc;
+#pragma unroll
+  for (int r = 0; r < RPS; ++r) acc[r] = a0[r] + a1[r];
 }
 
 // acc[i] for a run-time i without indexing a register array (which would go to local memory).
@@ -56,13 +69,7 @@ __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const 
 #else
     if (ring.wait_full(p, seq, step)) {
 #endif
-      const bf16_t* tile = ring.slot_ptr(seq);
-#pragma unroll
-      for (int r = 0; r < RPS; ++r) acc[r] = r < rows ? row_dot_partial<K>(tile + r * K, x) : 0.f;
-#if MK_EXP & 1  // experiment: read one element only (measures the stream without the math)
-#pragma unroll
-      for (int r = 0; r < RPS; ++r) acc[r] = bf16_to_float(tile[r * K + (threadIdx.x & 31)]);
-#endif
+      slot_dot_partial<K, RPS>(ring.slot_ptr(seq), x, acc);
       ring.release(seq);
     } else {
 #pragma unroll
