@@ -7,6 +7,7 @@
 // online softmax, merge their partials in shared memory, and either write the head's output
 // (one chunk) or a partial (m, l, o) that the last item of the head to finish merges by
 // log-sum-exp (a cumulative counter per KV head: no grid barrier).
+// scratch: kConsumerWarps * kGroup * (head_dim + 2) floats of shared memory for the warps' partials.
 // Inputs: p.qkv (tagged words, tag_in). Outputs: p.attn_out (tagged words, tag_out), the
 // cache at `pos`. counter_base: this head's counter value before this layer (the sum of the
 // chunk counts of the earlier layers and steps of this launch). Returns false on error.
@@ -57,7 +58,7 @@ __device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint
   o[3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[3]);
 }
 
-__device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, int layer, int pos,
+__device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, float* scratch, int layer, int pos,
                                                 int chunk, uint32_t tag_in, uint32_t tag_out,
                                                 unsigned counter_base, int step) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -151,21 +152,21 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     // merge the warps' partials: warp g merges query head g of the group
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
-      if (lane == 0) { ctl.attn[warp][g][0] = m[g]; ctl.attn[warp][g][1] = l[g]; }
+      if (lane == 0) { scratch[(warp * kGroup + g) * (kHeadDim + 2) + 0] = m[g]; scratch[(warp * kGroup + g) * (kHeadDim + 2) + 1] = l[g]; }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) ctl.attn[warp][g][2 + 4 * lane + i] = o[g][i];
+      for (int i = 0; i < 4; ++i) scratch[(warp * kGroup + g) * (kHeadDim + 2) + 2 + 4 * lane + i] = o[g][i];
     }
     consumer_sync();
     if (warp < kGroup) {
       const int g = warp;
       float M = kNegBig;
-      for (int w2 = 0; w2 < kConsumerWarps; ++w2) M = fmaxf(M, ctl.attn[w2][g][0]);
+      for (int w2 = 0; w2 < kConsumerWarps; ++w2) M = fmaxf(M, scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 0]);
       float L = 0.f, O[4] = {0.f, 0.f, 0.f, 0.f};
       for (int w2 = 0; w2 < kConsumerWarps; ++w2) {
-        const float f = exp2f(ctl.attn[w2][g][0] - M);
-        L += ctl.attn[w2][g][1] * f;
+        const float f = exp2f(scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 0] - M);
+        L += scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 1] * f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) O[i] += ctl.attn[w2][g][2 + 4 * lane + i] * f;
+        for (int i = 0; i < 4; ++i) O[i] += scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 2 + 4 * lane + i] * f;
       }
       if (nchunks == 1) {
 #pragma unroll
@@ -206,7 +207,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         }
       }
     }
-    consumer_sync();  // ctl.attn and ctl.is_last are reused by the next item
+    consumer_sync();  // scratch and ctl.is_last are reused by the next item
   }
   consumer_sync();
   return !ctl.abort;

@@ -32,8 +32,9 @@ struct BlockControl {
   int is_last;                          // this block finished a reduction last
   float best_val[kConsumerWarps];
   int best_idx[kConsumerWarps];
-  float attn[kConsumerWarps][kGroup][kHeadDim + 2];  // per-warp softmax partials (m, l, o)
-  alignas(16) float xs[2][kInter > kQDim ? kInter : kQDim];  // staged stage inputs, double-buffered
+  // Staged stage inputs, double-buffered; the attention stage borrows the idle buffer for its
+  // per-warp softmax partials (attention.cuh).
+  alignas(16) float xs[2][kInter > kQDim ? kInter : kQDim];
   float h_own[kHidden];  // the residual rows this block owns (O and down projections), by row
   float rope_cos[kHeadDim / 2], rope_sin[kHeadDim / 2];  // this step's RoPE table (kv_cache.cuh)
 };

@@ -35,11 +35,11 @@ constexpr float kRmsEps = MK_RMS_EPS;
 constexpr int kSlotBytes = 12288;
 constexpr int kMaxSlots = 32;                        // shared-memory control arrays
 // Ring depth: min(this, what shared memory holds); tuned on an H200 (RESEARCH.md).
-constexpr int kRingSlots = 14;  // a multiple of kConsumerWarps (gemv_stage)
-// Warps that compute. With the producer warp that makes 8 warps, 2 per SM sub-partition, so
-// each thread may hold up to 255 registers (the activation vector lives in registers). 9 warps
-// would put 3 on one sub-partition and cap every thread at 168 registers (measured: spills).
-constexpr int kConsumerWarps = 7;
+constexpr int kRingSlots = 16;  // a multiple of kConsumerWarps (gemv_stage)
+// Warps that compute. With the producer warp that makes 9 warps: 3 on one SM sub-partition, so
+// every thread gets at most 168 registers. The GEMV holds at most 1024 activations in registers
+// (gemv.cuh) to stay inside that.
+constexpr int kConsumerWarps = 8;
 // One producer warp: on sm_90 one lane issues bulk copies; older GPUs copy with its 32 lanes,
 // a whole slot's loads in flight at once. (One block size for every architecture: nvcc applies
 // a kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
@@ -54,6 +54,8 @@ static_assert(rows_per_slot(kQDim) >= 1 && rows_per_slot(kInter) >= 1, "slot sma
 static_assert(kHidden % 256 == 0 && kQDim % 256 == 0 && kInter % 256 == 0,
               "a warp reads a row in 16-byte pieces, 32 lanes at a time");
 static_assert(kHeadDim == 128, "attention maps 4 head dims to each of 32 lanes");
+static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) <= (kInter > kQDim ? kInter : kQDim),
+              "attention's per-warp partials borrow one staged-input buffer");
 
 // ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------
 enum MkErrorCode {

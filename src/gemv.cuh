@@ -7,6 +7,7 @@
 // every lane holding every sum; it writes the outputs (residual add, SiLU*mul, argmax, ...).
 // Checked against host/reference.py by host/validate.py (per-layer hidden states, logits).
 #pragma once
+#include "rmsnorm.cuh"
 #include "weight_ring.cuh"
 
 // This lane's partial dot products of all RPS rows of a slot with x. Chunk-outer, row-inner,
@@ -37,6 +38,38 @@ __device__ __forceinline__ void slot_dot_partial(const bf16_t* tile, const float
   for (int r = 0; r < RPS; ++r) acc[r] = a0[r] + a1[r];
 }
 
+// The same for K > 1024 with x in shared memory (the staged stage input): x is taken 1024
+// values at a time into registers, which caps the register footprint (config.cuh).
+template <int K, int RPS>
+__device__ __forceinline__ void slot_dot_partial_smem(const bf16_t* tile, const float* xs, float (&acc)[RPS]) {
+  static_assert(K % 1024 == 0, "x is taken 1024 values at a time");
+  const int lane = threadIdx.x & 31;
+  const uint4* t = reinterpret_cast<const uint4*>(tile);
+  float a0[RPS], a1[RPS];
+#pragma unroll
+  for (int r = 0; r < RPS; ++r) a0[r] = a1[r] = 0.f;
+#pragma unroll
+  for (int part = 0; part < K / 1024; ++part) {
+    float x[32];
+    load_x_smem<1024>(xs + part * 1024, x);
+#pragma unroll
+    for (int c = 0; c < 4; ++c) {
+#pragma unroll
+      for (int r = 0; r < RPS; ++r) {
+        float w[8];
+        unpack_bf16x8(t[r * (K / 8) + (part * 4 + c) * 32 + lane], w);
+#pragma unroll
+        for (int j = 0; j < 8; j += 2) {
+          a0[r] = fmaf(w[j], x[c * 8 + j], a0[r]);
+          a1[r] = fmaf(w[j + 1], x[c * 8 + j + 1], a1[r]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < RPS; ++r) acc[r] = a0[r] + a1[r];
+}
+
 // acc[i] for a run-time i without indexing a register array (which would go to local memory).
 template <int N>
 __device__ __forceinline__ float pick(const float (&acc)[N], int i) {
@@ -46,9 +79,10 @@ __device__ __forceinline__ float pick(const float (&acc)[N], int i) {
   return v;
 }
 
-template <int K, class Epilogue>
-__device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const float (&x)[K / 32],
-                                           const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
+// Runs the stage's slots through dot(tile, acc) (this lane's partial sums of the slot's rows).
+template <int K, class Dot, class Epilogue>
+__device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Segment& s, int step,
+                                         int stage_kind, Dot&& dot, Epilogue&& epilogue) {
   constexpr int RPS = rows_per_slot(K);
   const int nslots = (s.nrows + RPS - 1) / RPS;
   // Slot seq always goes to warp seq % kConsumerWarps, and the ring depth is a multiple of
@@ -69,7 +103,7 @@ __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const 
 #else
     if (ring.wait_full(p, seq, step)) {
 #endif
-      slot_dot_partial<K, RPS>(ring.slot_ptr(seq), x, acc);
+      dot(ring.slot_ptr(seq), acc);
       ring.release(seq);
     } else {
 #pragma unroll
@@ -80,4 +114,20 @@ __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const 
     epilogue(s.row0 + i * RPS, rows, acc);
   }
   ring.base += nslots;
+}
+
+// x in registers (K <= 1024: rmsnorm.cuh's layout).
+template <int K, class Epilogue>
+__device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const float (&x)[K / 32],
+                                           const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
+  gemv_run<K>(p, ring, s, step, stage_kind,
+              [&](const bf16_t* tile, auto& acc) { slot_dot_partial<K>(tile, x, acc); }, epilogue);
+}
+
+// x in shared memory (K > 1024).
+template <int K, class Epilogue>
+__device__ __forceinline__ void gemv_stage_smem(const MkParams& p, Ring& ring, const float* xs,
+                                                const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
+  gemv_run<K>(p, ring, s, step, stage_kind,
+              [&](const bf16_t* tile, auto& acc) { slot_dot_partial_smem<K>(tile, xs, acc); }, epilogue);
 }

@@ -40,19 +40,6 @@ __device__ __forceinline__ uint32_t stage_tag(const MkParams& p, int step, int l
   return p.tag_base + (uint32_t)((step * kLayers + layer) * kTagsPerLayer + kind);
 }
 
-// This lane's register share of a staged K-vector (rmsnorm.cuh's layout).
-template <int K>
-__device__ __forceinline__ void load_x_smem(const float* xs, float (&x)[K / 32]) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int c = 0; c < K / 256; ++c) {
-    const float4 a = *reinterpret_cast<const float4*>(xs + (c * 32 + lane) * 8);
-    const float4 b = *reinterpret_cast<const float4*>(xs + (c * 32 + lane) * 8 + 4);
-    x[c * 8 + 0] = a.x; x[c * 8 + 1] = a.y; x[c * 8 + 2] = a.z; x[c * 8 + 3] = a.w;
-    x[c * 8 + 4] = b.x; x[c * 8 + 5] = b.y; x[c * 8 + 6] = b.z; x[c * 8 + 7] = b.w;
-  }
-}
-
 __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -100,7 +87,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         const int chunk = ((pos + 1 + per_head - 1) / per_head + kAttnQuantum - 1) / kAttnQuantum * kAttnQuantum;
         const int nchunks = (pos + 1 + chunk - 1) / chunk;
         stamp(p, step, 5 * L + 1, 0);
-        if (!attention_stage(p, ctl, L, pos, chunk, stage_tag(p, step, L, kTagQKV),
+        if (!attention_stage(p, ctl, ctl.xs[buf], L, pos, chunk, stage_tag(p, step, L, kTagQKV),
                              stage_tag(p, step, L, kTagAttn), attn_counter, step))
           goto done;
         if (nchunks > 1) attn_counter += nchunks;
@@ -109,11 +96,10 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       {  // O projection + residual: h = h + Wo attn
         if (!ll_stage<kQDim>(p, ctl, p.attn_out, stage_tag(p, step, L, kTagAttn), ctl.xs[buf], step)) goto done;
         stamp(p, step, 5 * L + 2, 0);
-        float x[kQDim / 32];
-        load_x_smem<kQDim>(ctl.xs[buf], x);
+        const float* xs = ctl.xs[buf];
         buf ^= 1;
         const uint32_t tag = stage_tag(p, step, L, kTagHAttn);
-        gemv_stage<kQDim>(p, ring, x, stream_segment(p, idx++), step, 2,
+        gemv_stage_smem<kQDim>(p, ring, xs, stream_segment(p, idx++), step, 2,
                           [&](int row0, int rows, const auto& acc) {
                             if (lane < rows) {
                               const int r = row0 + lane;
@@ -145,11 +131,10 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       {  // down projection + residual: h = h + Wd act
         if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[buf], step)) goto done;
         stamp(p, step, 5 * L + 4, 0);
-        float x[kInter / 32];
-        load_x_smem<kInter>(ctl.xs[buf], x);
+        const float* xs = ctl.xs[buf];
         buf ^= 1;
         const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
-        gemv_stage<kInter>(p, ring, x, stream_segment(p, idx++), step, 4,
+        gemv_stage_smem<kInter>(p, ring, xs, stream_segment(p, idx++), step, 4,
                            [&](int row0, int rows, const auto& acc) {
                              if (lane < rows) {
                                const int r = row0 + lane;
@@ -191,10 +176,13 @@ done:
   if (threadIdx.x == 0) ctl.consumers_done = 1;
 }
 
-// Register budget: one block per SM, so every thread may use 65536 / kBlockThreads registers.
-// __launch_bounds__ alone left ptxas at 168 registers with spills; __maxnreg__ (CUDA 12.4+) sets it.
+// Register budget: one block per SM. Warps are spread over the SM's 4 sub-partitions, each with
+// a quarter of the 64K registers, so the fullest sub-partition sets the per-thread limit.
+// __launch_bounds__ alone left ptxas short of it; __maxnreg__ (CUDA 12.4+) states it.
+constexpr int kWarpsPerSubPartition = (kBlockThreads / 32 + 3) / 4;
+constexpr int kMaxRegs = (16384 / (kWarpsPerSubPartition * 32)) / 8 * 8 > 248 ? 248 : (16384 / (kWarpsPerSubPartition * 32)) / 8 * 8;
 #if __CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 4)
-#define MK_KERNEL_BOUNDS __maxnreg__(65536 / kBlockThreads / 8 * 8 > 248 ? 248 : 65536 / kBlockThreads / 8 * 8)
+#define MK_KERNEL_BOUNDS __maxnreg__(kMaxRegs)
 #else
 #define MK_KERNEL_BOUNDS __launch_bounds__(kBlockThreads, 1)
 #endif

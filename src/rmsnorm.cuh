@@ -31,6 +31,19 @@ __device__ __forceinline__ void load_x_bf16(const bf16_t* src, float (&x)[K / 32
   }
 }
 
+// This lane's register share of a staged K-vector (rmsnorm.cuh's layout).
+template <int K>
+__device__ __forceinline__ void load_x_smem(const float* xs, float (&x)[K / 32]) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int c = 0; c < K / 256; ++c) {
+    const float4 a = *reinterpret_cast<const float4*>(xs + (c * 32 + lane) * 8);
+    const float4 b = *reinterpret_cast<const float4*>(xs + (c * 32 + lane) * 8 + 4);
+    x[c * 8 + 0] = a.x; x[c * 8 + 1] = a.y; x[c * 8 + 2] = a.z; x[c * 8 + 3] = a.w;
+    x[c * 8 + 4] = b.x; x[c * 8 + 5] = b.y; x[c * 8 + 6] = b.z; x[c * 8 + 7] = b.w;
+  }
+}
+
 // x <- x * rsqrt(mean(x^2) + eps) * w, as HF Qwen3RMSNorm in float32. The weight w comes in
 // registers (load_x_bf16 of the norm vector), loaded before the barrier that guards x, so the
 // norm adds no memory round trip after it.
