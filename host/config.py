@@ -45,17 +45,6 @@ class ModelConfig:
         """Query heads per KV head (GQA)."""
         return self.num_attention_heads // self.num_key_value_heads
 
-    def kv_bytes_per_token(self, bytes_per_elem: int = 2) -> int:
-        """KV-cache bytes one position adds (K and V, every layer)."""
-        return 2 * self.num_hidden_layers * self.kv_dim * bytes_per_elem
-
-    def weight_bytes_per_token(self, bytes_per_elem: int = 2) -> int:
-        """Weight bytes a decode step must read: every layer matrix plus the LM head."""
-        h, i = self.hidden_size, self.intermediate_size
-        per_layer = h * self.qkv_dim + self.q_dim * h + 2 * i * h + i * h
-        per_layer += 2 * h + 2 * self.head_dim  # norms
-        return (self.num_hidden_layers * per_layer + self.vocab_size * h + h) * bytes_per_elem
-
     @classmethod
     def from_dict(cls, d: dict, source: str = "config.json") -> "ModelConfig":
         archs = d.get("architectures") or []
