@@ -84,7 +84,7 @@ template <int K, class Dot, class Epilogue>
 __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Segment& s, int step,
                                          int stage_kind, Dot&& dot, Epilogue&& epilogue) {
   constexpr int RPS = rows_per_slot(K);
-  const int nslots = s.nslots;
+  const int nslots = (s.nrows + RPS - 1) / RPS;
   // Slot seq always goes to warp seq % kConsumerWarps, and the ring depth is a multiple of
   // kConsumerWarps, so each slot has one consumer warp that takes its fills in order. (A warp
   // must never wait for fill f+1 of a slot whose fill f is still pending: the mbarrier parity
@@ -92,7 +92,7 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
   const int first = (int)((threadIdx.x / 32 + kConsumerWarps - ring.base % kConsumerWarps) % kConsumerWarps);
   for (int i = first; i < nslots; i += kConsumerWarps) {
     const uint32_t seq = ring.base + i;
-    const int rows = s.slot_rows(i);
+    const int rows = min(RPS, s.nrows - i * RPS);
     float acc[RPS];
 #if MK_EXP & 4  // timing builds: how long warps wait for weights, per stage kind (step 1)
     const uint64_t tw0 = global_timer_ns();
@@ -111,7 +111,7 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
     }
 #pragma unroll
     for (int r = 0; r < RPS; ++r) acc[r] = warp_sum(acc[r]);
-    epilogue(s.slot_row(i), rows, acc);
+    epilogue(s.row0 + i * RPS, rows, acc);
   }
   ring.base += nslots;
 }

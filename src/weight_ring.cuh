@@ -13,25 +13,18 @@
 #pragma once
 #include "barriers.cuh"
 
-// The rows of one matrix that this block computes, as slots of rows_per_slot(K) rows: slot i
-// starts at row row0 + i * stride_rows and holds min(rows_per_slot, row_end - start) rows.
+// The rows of one matrix that this block computes.
 struct Segment {
   const bf16_t* base;  // the matrix
+  int row0;            // first row of this block's slice
+  int nrows;           // rows in the slice
   int K;               // row length (elements)
-  int row0;            // first row of slot 0
-  int stride_rows;     // rows from one slot's start to the next's
-  int row_end;         // no row at or past this belongs to the slot
-  int nslots;
-  __device__ __forceinline__ int slot_row(int i) const { return row0 + i * stride_rows; }
-  __device__ __forceinline__ int slot_rows(int i) const { return min(rows_per_slot(K), row_end - slot_row(i)); }
 };
 
-// A balanced contiguous share of `units` for this block, in slots.
-__device__ __forceinline__ Segment contiguous_segment(const bf16_t* base, int K, int units, int rows_per_unit) {
-  const int u0 = (int)((long long)units * blockIdx.x / gridDim.x);
-  const int u1 = (int)((long long)units * (blockIdx.x + 1) / gridDim.x);
-  const int rps = rows_per_slot(K), r0 = u0 * rows_per_unit, r1 = u1 * rows_per_unit;
-  return {base, K, r0, rps, r1, (r1 - r0 + rps - 1) / rps};
+// Balanced contiguous split of `units` over the grid.
+__device__ __forceinline__ void split_units(int units, int& u0, int& u1) {
+  u0 = (int)((long long)units * blockIdx.x / gridDim.x);
+  u1 = (int)((long long)units * (blockIdx.x + 1) / gridDim.x);
 }
 
 // Stream position `idx` within one token: 4 matrices per layer, then the LM head.
@@ -39,20 +32,23 @@ constexpr int kStreamPerLayer = 4;
 constexpr int kStreamPerToken = kStreamPerLayer * kLayers + 1;
 
 __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
+  int u0, u1;
   if (idx == kStreamPerLayer * kLayers) {
-    // LM head: slot-sized chunks dealt round-robin (block b takes chunks b, b + grid, ...), so at
-    // any moment all SMs read one ~1.6 MB window of the matrix rather than 132 places 2.4 MB apart.
-    const int rps = rows_per_slot(kHidden), chunks = (kVocab + rps - 1) / rps;
-    const int mine = (int)blockIdx.x < chunks ? (chunks - (int)blockIdx.x + gridDim.x - 1) / gridDim.x : 0;
-    return {p.lm_head, kHidden, (int)blockIdx.x * rps, (int)gridDim.x * rps, kVocab, mine};
+    split_units(kVocab, u0, u1);
+    return {p.lm_head, u0, u1 - u0, kHidden};
   }
   const LayerWeights& w = p.layer[idx / kStreamPerLayer];
   switch (idx % kStreamPerLayer) {
-    case 0: return contiguous_segment(w.wqkv, kHidden, kQKVDim, 1);
-    case 1: return contiguous_segment(w.wo, kQDim, kHidden, 1);
-    case 2: return contiguous_segment(w.wgu, kHidden, kInter, 2);  // gate/up row pairs stay together
-    default: return contiguous_segment(w.wdown, kInter, kHidden, 1);
+    case 0: split_units(kQKVDim, u0, u1); return {w.wqkv, u0, u1 - u0, kHidden};
+    case 1: split_units(kHidden, u0, u1); return {w.wo, u0, u1 - u0, kQDim};
+    case 2: split_units(kInter, u0, u1); return {w.wgu, 2 * u0, 2 * (u1 - u0), kHidden};  // pairs
+    default: split_units(kHidden, u0, u1); return {w.wdown, u0, u1 - u0, kInter};
   }
+}
+
+__device__ __forceinline__ int slots_of(const Segment& s) {
+  const int rps = rows_per_slot(s.K);
+  return (s.nrows + rps - 1) / rps;
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -175,25 +171,22 @@ __device__ __forceinline__ bool producer_wait_empty(const MkParams& p, const Rin
 // Walks the weight stream of one block slot by slot: every step, every segment, rows_per_slot
 // rows at a time. The ring fill and the L2 prefetch front are two cursors over it.
 struct StreamCursor {
-  int step, idx, slot;
+  int step, idx, r0, rps;
   Segment s;
   __device__ __forceinline__ void begin(const MkParams& p) {
-    step = 0; idx = 0; slot = 0;
+    step = 0; idx = 0; r0 = 0;
     s = stream_segment(p, 0);
-    skip_empty(p);
+    rps = rows_per_slot(s.K);
   }
   __device__ __forceinline__ bool done(const MkParams& p) const { return step >= p.n_steps; }
-  __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)s.slot_row(slot) * s.K; }
-  __device__ __forceinline__ unsigned bytes() const { return (unsigned)(s.slot_rows(slot) * s.K * 2); }
+  __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)(s.row0 + r0) * s.K; }
+  __device__ __forceinline__ unsigned bytes() const { return (unsigned)(min(rps, s.nrows - r0) * s.K * 2); }
   __device__ __forceinline__ void advance(const MkParams& p) {
-    ++slot;
-    skip_empty(p);
-  }
-  __device__ __forceinline__ void skip_empty(const MkParams& p) {  // to the next segment with slots left
-    while (slot >= s.nslots && step < p.n_steps) {
-      slot = 0;
+    r0 += rps;
+    while (r0 >= s.nrows && step < p.n_steps) {  // next non-empty segment
+      r0 = 0;
       if (++idx == kStreamPerToken) { idx = 0; ++step; }
-      if (step < p.n_steps) s = stream_segment(p, idx);
+      if (step < p.n_steps) { s = stream_segment(p, idx); rps = rows_per_slot(s.K); }
     }
   }
 };
