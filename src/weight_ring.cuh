@@ -216,6 +216,9 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
     for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p))
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.src()), "r"(pf.bytes()) : "memory");
     if (!producer_wait_empty(p, r, seq)) break;
+    // The consumers' last reads of this slot were ordinary (generic-proxy) loads, ordered before
+    // this point by the empty mbarrier; the refill is an async-proxy write: order them across proxies.
+    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     unsigned long long* full = &ctl.full[seq % r.nslots];
     mbar_expect_tx(full, bytes);
     bulk_copy_g2s(dst, fill.src(), bytes, full, policy);
