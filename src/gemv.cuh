@@ -7,57 +7,36 @@
 // every lane holding every sum; it writes the outputs (residual add, SiLU*mul, argmax, ...).
 // Checked against host/reference.py by host/validate.py (per-layer hidden states, logits).
 #pragma once
+#include <type_traits>
+
 #include "rmsnorm.cuh"
 #include "weight_ring.cuh"
 
-// This lane's partial dot products of all RPS rows of a slot with x. Chunk-outer, row-inner,
-// two accumulators per row: the FMA chains of different rows and halves interleave, so the
-// warp is throughput-bound rather than waiting out one 32-long dependent chain per row.
-// Rows past the slot's end are computed on stale data and discarded by the caller.
-template <int K, int RPS>
-__device__ __forceinline__ void slot_dot_partial(const bf16_t* tile, const float (&x)[K / 32], float (&acc)[RPS]) {
+// This lane's partial dot products of all RPS rows of a slot with x. x comes 1024 values at a
+// time from load_part(part, x_part) in rmsnorm.cuh's register layout, which caps the register
+// footprint (config.cuh). Chunk-outer, row-inner, two accumulators per row: the FMA chains of
+// different rows and halves interleave, so the warp is throughput-bound rather than waiting out
+// one long dependent chain per row. Rows past the slot's end are computed on stale data and
+// discarded by the caller.
+template <int K, int RPS, class LoadPart>
+__device__ __forceinline__ void slot_dot_partial(const bf16_t* tile, LoadPart&& load_part, float (&acc)[RPS]) {
+  constexpr int kPart = K < 1024 ? K : 1024;
+  static_assert(K % kPart == 0, "x is taken 1024 values at a time");
   const int lane = threadIdx.x & 31;
   const uint4* t = reinterpret_cast<const uint4*>(tile);
   float a0[RPS], a1[RPS];
 #pragma unroll
   for (int r = 0; r < RPS; ++r) a0[r] = a1[r] = 0.f;
 #pragma unroll
-  for (int c = 0; c < K / 256; ++c) {
+  for (int part = 0; part < K / kPart; ++part) {
+    float x[kPart / 32];
+    load_part(part, x);
 #pragma unroll
-    for (int r = 0; r < RPS; ++r) {
-      float w[8];
-      unpack_bf16x8(t[r * (K / 8) + c * 32 + lane], w);
-#pragma unroll
-      for (int j = 0; j < 8; j += 2) {
-        a0[r] = fmaf(w[j], x[c * 8 + j], a0[r]);
-        a1[r] = fmaf(w[j + 1], x[c * 8 + j + 1], a1[r]);
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < RPS; ++r) acc[r] = a0[r] + a1[r];
-}
-
-// The same for K > 1024 with x in shared memory (the staged stage input): x is taken 1024
-// values at a time into registers, which caps the register footprint (config.cuh).
-template <int K, int RPS>
-__device__ __forceinline__ void slot_dot_partial_smem(const bf16_t* tile, const float* xs, float (&acc)[RPS]) {
-  static_assert(K % 1024 == 0, "x is taken 1024 values at a time");
-  const int lane = threadIdx.x & 31;
-  const uint4* t = reinterpret_cast<const uint4*>(tile);
-  float a0[RPS], a1[RPS];
-#pragma unroll
-  for (int r = 0; r < RPS; ++r) a0[r] = a1[r] = 0.f;
-#pragma unroll
-  for (int part = 0; part < K / 1024; ++part) {
-    float x[32];
-    load_x_smem<1024>(xs + part * 1024, x);
-#pragma unroll
-    for (int c = 0; c < 4; ++c) {
+    for (int c = 0; c < kPart / 256; ++c) {
 #pragma unroll
       for (int r = 0; r < RPS; ++r) {
         float w[8];
-        unpack_bf16x8(t[r * (K / 8) + (part * 4 + c) * 32 + lane], w);
+        unpack_bf16x8(t[r * (K / 8) + (part * (kPart / 256) + c) * 32 + lane], w);
 #pragma unroll
         for (int j = 0; j < 8; j += 2) {
           a0[r] = fmaf(w[j], x[c * 8 + j], a0[r]);
@@ -117,11 +96,16 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 }
 
 // x in registers (K <= 1024: rmsnorm.cuh's layout).
-template <int K, class Epilogue>
+template <int K, class Epilogue, class = typename std::enable_if<K <= 1024>::type>
 __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const float (&x)[K / 32],
                                            const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
   gemv_run<K>(p, ring, s, step, stage_kind,
-              [&](const bf16_t* tile, auto& acc) { slot_dot_partial<K>(tile, x, acc); }, epilogue);
+              [&](const bf16_t* tile, auto& acc) {
+                slot_dot_partial<K>(tile, [&](int, float (&xp)[K / 32]) {
+#pragma unroll
+                  for (int i = 0; i < K / 32; ++i) xp[i] = x[i];
+                }, acc);
+              }, epilogue);
 }
 
 // x in shared memory (K > 1024).
@@ -129,5 +113,7 @@ template <int K, class Epilogue>
 __device__ __forceinline__ void gemv_stage_smem(const MkParams& p, Ring& ring, const float* xs,
                                                 const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
   gemv_run<K>(p, ring, s, step, stage_kind,
-              [&](const bf16_t* tile, auto& acc) { slot_dot_partial_smem<K>(tile, xs, acc); }, epilogue);
+              [&](const bf16_t* tile, auto& acc) {
+                slot_dot_partial<K>(tile, [&](int part, float (&xp)[32]) { load_x_smem<1024>(xs + part * 1024, xp); }, acc);
+              }, epilogue);
 }

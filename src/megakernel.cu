@@ -40,6 +40,21 @@ __device__ __forceinline__ uint32_t stage_tag(const MkParams& p, int step, int l
   return p.tag_base + (uint32_t)((step * kLayers + layer) * kTagsPerLayer + kind);
 }
 
+// Residual update of this block's rows (lane r: row row0 + r): h = base + acc, where base is the
+// embedding (layer 0's attention) or the block's own copy of h; published as tagged words, and
+// into the validation buffer as hidden state number dbg_index.
+template <int N>
+__device__ __forceinline__ void residual_add(const MkParams& p, BlockControl& ctl, int row0, int rows,
+                                             const float (&acc)[N], const bf16_t* emb, uint32_t tag, int dbg_index) {
+  const int lane = threadIdx.x & 31;
+  if (lane >= rows) return;
+  const int r = row0 + lane;
+  const float hv = (emb ? bf16_to_float(emb[r]) : ctl.h_own[r]) + pick(acc, lane);
+  ctl.h_own[r] = hv;
+  ll_store(p.h + r, hv, tag);
+  if (p.dbg_hidden) p.dbg_hidden[(size_t)dbg_index * kHidden + r] = hv;
+}
+
 __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -101,14 +116,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         const uint32_t tag = stage_tag(p, step, L, kTagHAttn);
         gemv_stage_smem<kQDim>(p, ring, xs, stream_segment(p, idx++), step, 2,
                           [&](int row0, int rows, const auto& acc) {
-                            if (lane < rows) {
-                              const int r = row0 + lane;
-                              const float base = L == 0 ? bf16_to_float(emb[r]) : ctl.h_own[r];
-                              const float hv = base + pick(acc, lane);
-                              ctl.h_own[r] = hv;
-                              ll_store(p.h + r, hv, tag);
-                              if (p.dbg_hidden) p.dbg_hidden[(L * 2) * kHidden + r] = hv;
-                            }
+                            residual_add(p, ctl, row0, rows, acc, L == 0 ? emb : nullptr, tag, 2 * L);
                           });
         stamp(p, step, 5 * L + 2, 1);
       }
@@ -136,13 +144,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
         gemv_stage_smem<kInter>(p, ring, xs, stream_segment(p, idx++), step, 4,
                            [&](int row0, int rows, const auto& acc) {
-                             if (lane < rows) {
-                               const int r = row0 + lane;
-                               const float hv = ctl.h_own[r] + pick(acc, lane);
-                               ctl.h_own[r] = hv;
-                               ll_store(p.h + r, hv, tag);
-                               if (p.dbg_hidden) p.dbg_hidden[(L * 2 + 1) * kHidden + r] = hv;
-                             }
+                             residual_add(p, ctl, row0, rows, acc, nullptr, tag, 2 * L + 1);
                            });
         stamp(p, step, 5 * L + 4, 1);
       }
@@ -192,7 +194,7 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
   ring_init(ctl, p.nslots);
   __syncthreads();
   const int warp = threadIdx.x / 32;
-  if (warp >= kConsumerWarps) producer_main(p, ctl, ring_slots, warp - kConsumerWarps);
+  if (warp >= kConsumerWarps) producer_main(p, ctl, ring_slots);
   else consumer_main(p, ctl, ring_slots);
 }
 

@@ -46,11 +46,6 @@ __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
   }
 }
 
-__device__ __forceinline__ int slots_of(const Segment& s) {
-  const int rps = rows_per_slot(s.K);
-  return (s.nrows + rps - 1) / rps;
-}
-
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 // ---- mbarrier primitives (sm_90) --------------------------------------------------------------
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
@@ -191,11 +186,11 @@ struct StreamCursor {
   }
 };
 
-// The producer warp(s): stream every segment of every step into the ring. On sm_90 the lane
+// The producer warp: stream every segment of every step into the ring. On sm_90 the lane
 // also keeps an L2 prefetch front p.prefetch_slots slots ahead of the ring: the ring (shared
 // memory) holds under half a layer, the L2 holds more, so DRAM keeps streaming while the
 // consumers wait on activations and the ring sits full.
-__device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots, int producer_warp) {
+__device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring r{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -223,7 +218,6 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
     mbar_expect_tx(full, bytes);
     bulk_copy_g2s(dst, fill.src(), bytes, full, policy);
 #else
-    if ((int)(seq % kProducerWarps) != producer_warp) continue;
     if (!producer_wait_empty(p, r, seq)) break;
     const uint4* s4 = reinterpret_cast<const uint4*>(fill.src());
     uint4* d4 = reinterpret_cast<uint4*>(dst);
