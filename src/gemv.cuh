@@ -1,9 +1,10 @@
 // gemv.cuh: y = W x for this block's rows of W, reading W from the weight ring.
 //
-// Each consumer warp takes whole slots (slot i of a stage goes to warp i % kConsumerWarps) and
+// Each consumer warp takes whole slots (ring slot seq goes to warp seq % kConsumerWarps) and
 // computes every row in it: lane l multiplies 16-byte pieces l, l+32, ... of the row (bf16,
-// conflict-free shared-memory reads) with its register share of x (rmsnorm.cuh's layout), in
-// float32, then one warp reduction per row. The epilogue gets (first row, rows, sums) with
+// conflict-free shared-memory reads) with its register share of x (rmsnorm.cuh's layout; for
+// K > 1024, taken from shared memory 1024 values at a time), in float32, then one warp
+// reduction per row. The epilogue gets (first row, rows, sums) with
 // every lane holding every sum; it writes the outputs (residual add, SiLU*mul, argmax, ...).
 // Checked against host/reference.py by host/validate.py (per-layer hidden states, logits).
 #pragma once

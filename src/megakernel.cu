@@ -5,10 +5,11 @@
 //   make            -> build/megakernel (harness: build/megakernel WEIGHTS.bin [--steps N])
 //   make lib        -> build/libmegakernel.so (loaded by host/launcher.py)
 //
-// Block layout: kConsumerWarps compute warps + kProducerWarps weight-stream warps, one block per
+// Block layout: kConsumerWarps compute warps + one weight-stream (producer) warp, one block per
 // SM (the ring takes most of shared memory), launched cooperatively so that all blocks are
-// resident. Per layer, 5 grid barriers separate: QKV -> attention -> O+residual ->
-// gate/up+SiLU -> down+residual. The weight stream (weight_ring.cuh) never waits on them.
+// resident. Per layer, 5 stages: QKV -> attention -> O+residual -> gate/up+SiLU ->
+// down+residual; each waits on its input's tagged words (barriers.cuh), not on a grid barrier.
+// The weight stream (weight_ring.cuh) never waits on activations.
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -20,7 +21,6 @@
 #include "rmsnorm.cuh"
 #include "sampling.cuh"
 #include "weight_ring.cuh"
-
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
