@@ -26,6 +26,7 @@ import tempfile
 import torch
 
 from . import MegakernelError
+from .fsutil import atomic_output, write_text_atomic
 
 # Datasheet memory bandwidth (GB/s), matched in order against torch.cuda.get_device_name().
 DATASHEET_GBPS = [
@@ -188,19 +189,8 @@ def measure_baselines(flat_path: str, quick: bool, pos: int = 1) -> dict:
 
 # ---------------------------------------------------------------------------------- output
 
-def _atomic_path(path: str) -> str:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    return tmp
-
-
 def write_json(path: str, report: dict):
-    tmp = _atomic_path(path)
-    with open(tmp, "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(report, indent=2))
 
 
 def plot(path: str, report: dict, curve: list):
@@ -220,10 +210,9 @@ def plot(path: str, report: dict, curve: list):
     ax.set_title(f"{report['device']}  ({report['commit']})")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    tmp = _atomic_path(path)
-    fig.savefig(tmp, dpi=120, format="png")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def print_report(report: dict):
@@ -282,6 +271,8 @@ def run(args) -> int:
             eng.set_eos([])  # never stop a timed launch early
             device = torch.cuda.get_device_name()
             read_bw = eng.lib.mk_measure_read_bandwidth(4.0, 9)
+            if read_bw <= 0:
+                raise MegakernelError("the read-bandwidth pass (a 4 GB buffer) failed; free GPU memory and retry")
             sheet = datasheet_bw(device)
             print(f"{device}: measured read bandwidth {read_bw:.0f} GB/s (datasheet {sheet} GB/s)")
             runs = [measure_megakernel(eng, c, tokens, read_bw) for c in contexts]

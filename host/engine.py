@@ -51,22 +51,26 @@ class Engine:
         self.lib.mk_info(self._h, info)
         self.grid, self.threads, self.ring_slots, self.smem_bytes, self.sms, self.cc = list(info)[:6]
         self.weight_bytes = info[7]
-        self.pos = 0  # positions already in the KV cache (for continuing a conversation)
+        self.pos = 0          # positions already in the KV cache (for continuing a conversation)
+        self._pending = None  # the last generated token, not yet in the cache
 
     def _config_if_custom(self):
-        from .fixtures import qwen3_06b_config
-        from .config import ModelConfig
-        default = ModelConfig.from_dict(qwen3_06b_config())
-        same = all(getattr(default, f) == getattr(self.config, f) for f in (
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-            "num_attention_heads", "num_key_value_heads", "head_dim"))
-        return None if same else self.config
+        """None when src/generated_layout.h fits this model, else the config to build for."""
+        from .layout import emit_c_header
+        from .launcher import SRC_DIR
+        with open(os.path.join(SRC_DIR, "generated_layout.h")) as f:
+            return None if f.read() == emit_c_header(self.config) else self.config
 
     @classmethod
     def from_pretrained(cls, path_or_id: str, max_ctx: int = DEFAULT_MAX_CTX, progress: bool = True, **kw) -> "Engine":
         return cls(flat_path_for(path_or_id, progress=progress), max_ctx=max_ctx, quiet=not progress, **kw)
 
     # ------------------------------------------------------------------------------------ runs
+    def _handle(self):
+        if not getattr(self, "_h", None):
+            raise MegakernelError("this Engine is closed; create a new one")
+        return self._h
+
     def _check(self, rc: int):
         if rc != 0:
             raise CudaError(self.lib.mk_error(self._h).decode())
@@ -77,19 +81,22 @@ class Engine:
         arr = (ctypes.c_int * max(n, 1))(*forced)
         out = (ctypes.c_int * n_steps)()
         done = ctypes.c_int(0)
-        self._check(self.lib.mk_run(self._h, arr, n, pos0, n_steps, start_token, out, ctypes.byref(done), int(debug)))
+        self._check(self.lib.mk_run(self._handle(), arr, n, pos0, n_steps, start_token, out, ctypes.byref(done), int(debug)))
         return list(out)[: done.value]
 
     def set_eos(self, ids):
         ids = list(ids)
-        self._check(self.lib.mk_set_eos(self._h, (ctypes.c_int * max(len(ids), 1))(*ids), len(ids)))
+        self._check(self.lib.mk_set_eos(self._handle(), (ctypes.c_int * max(len(ids), 1))(*ids), len(ids)))
 
     def generate(self, prompt_ids: list, max_new_tokens: int, eos_ids=(), reset: bool = True) -> list:
         """Greedy continuation of prompt_ids; stops after max_new_tokens or an EOS id.
 
-        reset=False continues from the tokens already in the cache (multi-turn chat).
+        reset=False continues the conversation in the cache: the last token generated before
+        (not yet in the cache) goes in first, then prompt_ids (which may then be empty).
         """
         prompt_ids = [int(t) for t in prompt_ids]
+        if not reset and self._pending is not None:
+            prompt_ids = [self._pending] + prompt_ids
         if not prompt_ids:
             raise MegakernelError("empty prompt; give at least one token id")
         if max_new_tokens < 1:
@@ -119,14 +126,14 @@ class Engine:
         hidden = np.zeros((c.num_hidden_layers, 2, c.hidden_size), dtype=np.float32)
         logits = np.zeros(c.vocab_size, dtype=np.float32)
         fp = ctypes.POINTER(ctypes.c_float)
-        self._check(self.lib.mk_get_debug(self._h, hidden.ctypes.data_as(fp), logits.ctypes.data_as(fp)))
+        self._check(self.lib.mk_get_debug(self._handle(), hidden.ctypes.data_as(fp), logits.ctypes.data_as(fp)))
         return hidden, logits
 
     def last_ms(self) -> float:
-        return float(self.lib.mk_last_ms(self._h))
+        return float(self.lib.mk_last_ms(self._handle()))
 
     def bytes_per_token(self, context: int) -> float:
-        return float(self.lib.mk_bytes_per_token(self._h, context))
+        return float(self.lib.mk_bytes_per_token(self._handle(), context))
 
     def close(self):
         if getattr(self, "_h", None):

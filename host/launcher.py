@@ -90,8 +90,8 @@ def build_library(arch: str | None = None, config: ModelConfig | None = None, ge
     os.makedirs(out_dir, exist_ok=True)
     includes = []
     if header is not None:
-        with open(os.path.join(out_dir, "generated_layout.h"), "w") as f:
-            f.write(header)
+        from .fsutil import write_text_atomic
+        write_text_atomic(os.path.join(out_dir, "generated_layout.h"), header)
         includes.append("-I" + out_dir)
     includes.append("-I" + SRC_DIR)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)

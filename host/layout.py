@@ -192,11 +192,8 @@ def main(argv=None) -> int:
     ap.add_argument("--emit-header", metavar="PATH", required=True)
     ap.add_argument("--config", default=default_config_path())
     args = ap.parse_args(argv)
-    text = emit_c_header(ModelConfig.from_file(args.config))
-    tmp = args.emit_header + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, args.emit_header)
+    from .fsutil import write_text_atomic
+    write_text_atomic(args.emit_header, emit_c_header(ModelConfig.from_file(args.config)))
     return 0
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from .engine import Engine
+from .fsutil import write_text_atomic
 from .fixtures import qwen3_06b_config, write_random_checkpoint
 from .reference import Qwen3Reference
 from .weight_loader import FlatFile, convert
@@ -64,31 +65,30 @@ def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -
     del ref
     torch.cuda.empty_cache()
 
-    eng = Engine(flat_path, max_ctx=steps + 48, verify=False, quiet=True)
-    rows, kernel_tokens = [], []
-    for s in range(steps):
-        tok = eng.run([int(tokens[s])], s, 1, debug=True)[0]
-        hidden, logits = eng.debug_state()
-        ref_s = ref_logits[s]
-        diff = np.abs(logits - ref_s)
-        top2 = np.sort(ref_s)[-2:]
-        gap, max_diff = float(top2[1] - top2[0]), float(diff.max())
-        checked = gap > 2 * max_diff
-        ref_tok = int(ref_s.argmax())
-        h_err = [rel_l2(hidden.reshape(-1, cfg.hidden_size)[k], hidden_ref[s, k]) for k in range(2 * cfg.num_hidden_layers)]
-        worst = int(np.argmax(h_err))
-        rows.append(dict(step=s, rel_err=rel_l2(logits, ref_s), max_abs_diff=max_diff, top2_gap=gap,
-                         checked=bool(checked), mismatch=bool(checked and tok != ref_tok),
-                         kernel_token=int(tok), ref_token=ref_tok, self_consistent=int(tok) == int(logits.argmax()),
-                         worst_hidden=(worst // 2, "attn" if worst % 2 == 0 else "mlp", h_err[worst])))
-        kernel_tokens.append(int(tok))
-    # the same steps in one launch (the fast path) must give the same tokens, bit for bit
-    one_launch = eng.run([int(t) for t in tokens], 0, steps)
-    # determinism: the same greedy generation twice
-    prompt = [int(t) for t in tokens[:8]]
-    gen_a = eng.generate(prompt, 32)
-    gen_b = eng.generate(prompt, 32)
-    eng.close()
+    with Engine(flat_path, max_ctx=steps + 48, verify=False, quiet=True) as eng:
+        rows, kernel_tokens = [], []
+        for s in range(steps):
+            tok = eng.run([int(tokens[s])], s, 1, debug=True)[0]
+            hidden, logits = eng.debug_state()
+            ref_s = ref_logits[s]
+            diff = np.abs(logits - ref_s)
+            top2 = np.sort(ref_s)[-2:]
+            gap, max_diff = float(top2[1] - top2[0]), float(diff.max())
+            checked = gap > 2 * max_diff
+            ref_tok = int(ref_s.argmax())
+            h_err = [rel_l2(hidden.reshape(-1, cfg.hidden_size)[k], hidden_ref[s, k]) for k in range(2 * cfg.num_hidden_layers)]
+            worst = int(np.argmax(h_err))
+            rows.append(dict(step=s, rel_err=rel_l2(logits, ref_s), max_abs_diff=max_diff, top2_gap=gap,
+                             checked=bool(checked), mismatch=bool(checked and tok != ref_tok),
+                             kernel_token=int(tok), ref_token=ref_tok, self_consistent=int(tok) == int(logits.argmax()),
+                             worst_hidden=(worst // 2, "attn" if worst % 2 == 0 else "mlp", h_err[worst])))
+            kernel_tokens.append(int(tok))
+        # the same steps in one launch (the fast path) must give the same tokens, bit for bit
+        one_launch = eng.run([int(t) for t in tokens], 0, steps)
+        # determinism: the same greedy generation twice
+        prompt = [int(t) for t in tokens[:8]]
+        gen_a = eng.generate(prompt, 32)
+        gen_b = eng.generate(prompt, 32)
     res = dict(seed=seed, steps=steps,
                max_rel_err=max(r["rel_err"] for r in rows),
                steps_checked=sum(r["checked"] for r in rows),
@@ -144,9 +144,7 @@ def main(argv=None) -> int:
                   token_mismatches=sum(r["token_mismatches"] for r in results),
                   passed=ok, per_seed=results)
     if args.json:
-        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_text_atomic(args.json, json.dumps(report, indent=2))
     print("VALIDATION", "PASSED" if ok else "FAILED")
     return 0 if ok else 1
 

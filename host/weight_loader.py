@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import warnings
 import zlib
 
@@ -25,6 +24,7 @@ import torch
 
 from . import MegakernelError
 from .config import ModelConfig
+from .fsutil import atomic_output
 from .layout import (DTYPE_BF16, DTYPE_F32, FORMAT_VERSION, HEADER_FIELDS, HEADER_STRUCT,
                      LAYER_TENSORS, MAGIC, NAME_BYTES, TENSOR_STRUCT, header_bytes,
                      plan_offsets, tensor_specs)
@@ -45,8 +45,8 @@ def resolve_snapshot(path_or_id: str, quiet: bool = False) -> str:
         raise MegakernelError(f"{path_or_id}: not a snapshot folder and not a hub model id like "
                               "'Qwen/Qwen3-0.6B'; check the path")
     from huggingface_hub import snapshot_download
-    if quiet:
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+    (disable_progress_bars if quiet else enable_progress_bars)()
     try:
         return snapshot_download(path_or_id, allow_patterns=SNAPSHOT_PATTERNS)
     except Exception as e:  # network, auth, unknown repo: all end the same way for the user
@@ -179,15 +179,12 @@ def write_flat(cfg: ModelConfig, tensors: dict, out_path: str, progress: bool = 
     specs = tensor_specs(cfg)
     offsets, payload = plan_offsets(specs)
     hbytes = header_bytes(len(specs))
-    out_dir = os.path.dirname(os.path.abspath(out_path))
-    os.makedirs(out_dir, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".flat-", suffix=".tmp", dir=out_dir)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=payload, unit="B", unit_scale=True, desc="convert")
     try:
-        bar = None
-        if progress:
-            from tqdm.auto import tqdm
-            bar = tqdm(total=payload, unit="B", unit_scale=True, desc="convert")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_output(out_path) as tmp, open(tmp, "wb") as f:
             f.write(bytes(hbytes))  # header written last, once the checksum is known
             crc, pos, table = 0, 0, []
             for spec, off in zip(specs, offsets):
@@ -222,13 +219,9 @@ def write_flat(cfg: ModelConfig, tensors: dict, out_path: str, progress: bool = 
             f.write(b"".join(table))
             f.flush()
             os.fsync(f.fileno())
+    finally:
         if bar:
             bar.close()
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     return out_path
 
 
@@ -276,7 +269,9 @@ class FlatFile:
         for k in range(h["n_tensors"]):
             name, *rest = TENSOR_STRUCT.unpack_from(table, k * TENSOR_STRUCT.size)
             s0, s1, s2, s3, off, nbytes, dtype, ndim = rest
-            self.entries[name.rstrip(b"\0").decode()] = (off, nbytes, dtype, (s0, s1, s2, s3)[:ndim])
+            if off + nbytes > h["payload_bytes"] or dtype not in (DTYPE_BF16, DTYPE_F32) or ndim > 4:
+                raise MegakernelError(f"{path}: tensor table entry {k} is damaged; re-convert the checkpoint")
+            self.entries[name.rstrip(b"\0").decode(errors="replace")] = (off, nbytes, dtype, (s0, s1, s2, s3)[:ndim])
         self._map = np.memmap(path, dtype=np.uint8, mode="r")
         if verify:
             crc = zlib.crc32(self._map[h["header_bytes"]:])

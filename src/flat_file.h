@@ -60,15 +60,16 @@ static bool flat_read_info(const char* path, FlatFileInfo* info, std::string* er
   if (size != h.header_bytes + h.payload_bytes)
     return fail("size " + std::to_string(size) + " bytes, header says " +
                 std::to_string(h.header_bytes + h.payload_bytes) + "; the file is truncated or damaged, re-convert it");
-  const uint32_t want[7] = {MK_VOCAB, MK_HIDDEN, MK_INTER, MK_LAYERS, MK_Q_HEADS, MK_KV_HEADS, MK_HEAD_DIM};
-  const uint32_t got[7] = {h.vocab_size, h.hidden_size, h.intermediate_size, h.num_hidden_layers,
-                           h.num_attention_heads, h.num_key_value_heads, h.head_dim};
-  if (memcmp(want, got, sizeof want) != 0) {
-    char m[400];
-    snprintf(m, sizeof m, "model dimensions (vocab %u hidden %u inter %u layers %u heads %u/%u head_dim %u) differ "
-             "from this build's (vocab %d hidden %d inter %d layers %d heads %d/%d head_dim %d); rebuild the kernel "
-             "for this model (megakernel.launcher builds from the file's config)", got[0], got[1], got[2], got[3],
-             got[4], got[5], got[6], MK_VOCAB, MK_HIDDEN, MK_INTER, MK_LAYERS, MK_Q_HEADS, MK_KV_HEADS, MK_HEAD_DIM);
+  const uint32_t want[8] = {MK_VOCAB, MK_HIDDEN, MK_INTER, MK_LAYERS, MK_Q_HEADS, MK_KV_HEADS, MK_HEAD_DIM, MK_MAX_POS};
+  const uint32_t got[8] = {h.vocab_size, h.hidden_size, h.intermediate_size, h.num_hidden_layers,
+                           h.num_attention_heads, h.num_key_value_heads, h.head_dim, h.max_position_embeddings};
+  if (memcmp(want, got, sizeof want) != 0 || (float)h.rms_norm_eps != MK_RMS_EPS) {
+    char m[600];
+    snprintf(m, sizeof m, "model dimensions (vocab %u hidden %u inter %u layers %u heads %u/%u head_dim %u max_pos %u "
+             "eps %g) differ from this build's (vocab %d hidden %d inter %d layers %d heads %d/%d head_dim %d max_pos %d "
+             "eps %g); rebuild the kernel for this model (megakernel.launcher builds from the file's config)",
+             got[0], got[1], got[2], got[3], got[4], got[5], got[6], got[7], h.rms_norm_eps, MK_VOCAB, MK_HIDDEN,
+             MK_INTER, MK_LAYERS, MK_Q_HEADS, MK_KV_HEADS, MK_HEAD_DIM, MK_MAX_POS, (double)MK_RMS_EPS);
     return fail(m);
   }
   const uint32_t n_expected = MK_T_ROPE_INV_FREQ + 1 + (h.tie_word_embeddings ? 0 : 1);

@@ -361,12 +361,12 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   MK_TRY(cudaEventCreate(&e->ev1));
 
   // Payload -> GPU in 64 MB pieces (pinned staging), CRC-32 on the way when asked.
-  FILE* f = fopen(path, "rb");
-  if (!f) { e->err = std::string(path) + ": cannot open"; return -1; }
-  fseek(f, (long)e->info.header.header_bytes, SEEK_SET);
   const size_t piece = (size_t)64 << 20;
   void* staging = nullptr;
   MK_TRY(cudaMallocHost(&staging, piece));
+  FILE* f = fopen(path, "rb");
+  if (!f) { cudaFreeHost(staging); e->err = std::string(path) + ": cannot open"; return -1; }
+  fseek(f, (long)e->info.header.header_bytes, SEEK_SET);
   uint32_t crc = 0;
   bool ok = true;
   for (size_t off = 0; off < e->weight_bytes && ok; off += piece) {
@@ -441,7 +441,7 @@ void mk_destroy(MkEngine* e) {
   delete e;
 }
 
-// out: grid, threads, ring slots, dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes (MB)
+// out: grid, threads, ring slots, dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes
 void mk_info(MkEngine* e, long long* out) {
   const long long v[8] = {e->grid, e->threads, e->nslots, (long long)e->smem, e->sms, e->cc, e->max_ctx,
                           (long long)e->weight_bytes};

@@ -60,6 +60,7 @@ def _patched(src, dst, **fields):
     (dict(magic=b"GGUF\0\0\0\0"), "wrong magic"),
     (dict(version=7), "format version 7"),
     (dict(hidden_size=2048), "model dimensions"),
+    (dict(rms_norm_eps=1e-5), "eps 1e-05"),
     (dict(payload_bytes=123), "truncated"),
 ])
 def test_c_reader_refuses_bad_headers(lib, flat_06b, tmp_path, fields, fragment):

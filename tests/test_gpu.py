@@ -46,8 +46,16 @@ def test_generation_is_deterministic_and_continues(engine):
     assert a == b and len(a) == 40
     # the same tokens, in two launches: 20 new, then continue from the cache
     first = engine.generate(prompt, 20)
-    rest = engine.generate([first[-1]], 20, reset=False)
-    assert first + rest == a[:20] + a[20:]
+    rest = engine.generate([], 20, reset=False)
+    assert first + rest == a
+
+
+def test_closed_engine_refuses_calls(flat):
+    from megakernel.engine import Engine
+    eng = Engine(flat, max_ctx=16, quiet=True)
+    eng.close()
+    with pytest.raises(MegakernelError, match="closed"):
+        eng.generate([1, 2], 2)
 
 
 def test_eos_stops_on_device(engine):

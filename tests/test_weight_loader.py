@@ -49,18 +49,37 @@ def test_round_trip_tiny(tmp_path, tied, lm_head, shards):
 
 
 def test_fused_layout_is_what_the_kernel_reads(tmp_path):
+    """The flat tensors against the original checkpoint, not against the reader's own inverse."""
+    from safetensors.torch import load_file
     cfg_d = tiny_config()
     ck = write_random_checkpoint(str(tmp_path / "ck"), cfg_d, seed=11)
+    hf = load_file(os.path.join(ck, "model.safetensors"))
+    d = cfg_d["head_dim"]
+    qd, kvd = cfg_d["num_attention_heads"] * d, cfg_d["num_key_value_heads"] * d
     with FlatFile(convert(ck, str(tmp_path / "w.bin"))) as flat:
-        sd = flat.to_hf_state_dict()
-        wgu = flat.tensor("layers.1.wgu")
-        p = "model.layers.1.mlp."
-        assert torch.equal(bits(wgu[0::2]), bits(sd[p + "gate_proj.weight"]))
-        assert torch.equal(bits(wgu[1::2]), bits(sd[p + "up_proj.weight"]))
-        q = sd["model.layers.0.self_attn.q_proj.weight"]
-        assert torch.equal(bits(flat.tensor("layers.0.wqkv")[: q.shape[0]]), bits(q))
+        for i in range(cfg_d["num_hidden_layers"]):
+            p = f"model.layers.{i}."
+            wgu, wqkv = flat.tensor(f"layers.{i}.wgu"), flat.tensor(f"layers.{i}.wqkv")
+            assert torch.equal(bits(wgu[0::2]), bits(hf[p + "mlp.gate_proj.weight"]))
+            assert torch.equal(bits(wgu[1::2]), bits(hf[p + "mlp.up_proj.weight"]))
+            assert torch.equal(bits(wqkv[:qd]), bits(hf[p + "self_attn.q_proj.weight"]))
+            assert torch.equal(bits(wqkv[qd:qd + kvd]), bits(hf[p + "self_attn.k_proj.weight"]))
+            assert torch.equal(bits(wqkv[qd + kvd:]), bits(hf[p + "self_attn.v_proj.weight"]))
+            assert torch.equal(bits(flat.tensor(f"layers.{i}.wdown")), bits(hf[p + "mlp.down_proj.weight"]))
+        assert torch.equal(bits(flat.tensor("embed")), bits(hf["model.embed_tokens.weight"]))
+        inv = 1.0 / (cfg_d["rope_theta"] ** (torch.arange(0, d, 2).float() / d))
+        assert torch.equal(flat.tensor("rope_inv_freq"), inv)
         order = [flat.entries[s.name][0] for s in tensor_specs(flat.config)]
         assert order == sorted(order) and all(o % 256 == 0 for o in order)
+
+
+def test_flat_damaged_table_entry(flat):
+    from megakernel.layout import TENSOR_STRUCT
+    data = bytearray(open(flat, "rb").read())
+    off = HEADER_STRUCT.size + 3 * TENSOR_STRUCT.size + 48 + 32  # entry 3's offset field
+    data[off:off + 8] = (1 << 40).to_bytes(8, "little")
+    open(flat, "wb").write(bytes(data))
+    expect_error(lambda: FlatFile(flat, verify=False), "table entry 3", "re-convert")
 
 
 def test_reference_runs_from_flat_file(tmp_path):
@@ -117,7 +136,7 @@ def expect_error(fn, *fragments):
 
 
 def no_leftovers(folder):
-    return [f for f in os.listdir(folder) if f.endswith(".tmp") or f.startswith(".flat-")] == []
+    return [f for f in os.listdir(folder) if f.startswith(".")] == []  # temp files are hidden
 
 
 @pytest.fixture
