@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import re
 import statistics
 import sys
@@ -261,11 +260,9 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         flat = args.weights
         if not flat:
-            from .fixtures import qwen3_06b_config, write_random_checkpoint
-            from .weight_loader import convert
+            from .fixtures import write_random_flat
             print("building a random checkpoint of the Qwen3-0.6B shapes ...")
-            flat = convert(write_random_checkpoint(os.path.join(tmp, "ck"), qwen3_06b_config(), seed=0),
-                           os.path.join(tmp, "w.bin"))
+            flat = write_random_flat(tmp)
         eng = Engine(flat, max_ctx=max(contexts) + tokens + 64, verify=False, quiet=True)
         try:
             eng.set_eos([])  # never stop a timed launch early

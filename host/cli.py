@@ -12,7 +12,6 @@ Text prompts, sampling and chat come with the tokenizer (a later issue); generat
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -22,29 +21,23 @@ from . import MegakernelError
 
 def _generate(args) -> int:
     from .engine import Engine
-    model = args.model
-    tmp = None
-    if args.random_weights:
-        from .fixtures import qwen3_06b_config, write_random_checkpoint
-        from .weight_loader import convert
-        tmp = tempfile.TemporaryDirectory()
-        print("[megakernel] --random-weights: random checkpoint of the Qwen3-0.6B shapes; "
-              "the tokens below are meaningless", file=sys.stderr)
-        model = convert(write_random_checkpoint(os.path.join(tmp.name, "ck"), qwen3_06b_config(), seed=0),
-                        os.path.join(tmp.name, "w.bin"))
-    elif not model:
+    if not args.model and not args.random_weights:
         raise MegakernelError("give --model (a snapshot folder, a hub id or a .bin) or --random-weights")
-    eng = Engine.from_pretrained(model, max_ctx=args.max_ctx, progress=not args.quiet)
-    t0 = time.perf_counter()
-    out = eng.generate(args.prompt_ids, args.max_new_tokens, eos_ids=args.eos)
-    wall = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if args.random_weights:
+            from .fixtures import write_random_flat
+            print("[megakernel] --random-weights: random checkpoint of the Qwen3-0.6B shapes; "
+                  "the tokens below are meaningless", file=sys.stderr)
+            model = write_random_flat(tmp)
+        with Engine.from_pretrained(model, max_ctx=args.max_ctx, progress=not args.quiet) as eng:
+            t0 = time.perf_counter()
+            out = eng.generate(args.prompt_ids, args.max_new_tokens, eos_ids=args.eos)
+            wall = time.perf_counter() - t0
+            steps, ms = len(args.prompt_ids) + len(out) - 1, eng.last_ms()
     print(" ".join(map(str, out)))
-    print(f"[{len(out)} tokens, {eng.last_ms():.2f} ms in the kernel "
-          f"({len(args.prompt_ids) + len(out) - 1} steps, {(len(args.prompt_ids) + len(out) - 1) / eng.last_ms() * 1e3:.0f} "
-          f"steps/s), {wall * 1e3:.1f} ms wall]", file=sys.stderr)
-    eng.close()
-    if tmp:
-        tmp.cleanup()
+    print(f"[{len(out)} tokens, {ms:.2f} ms in the kernel ({steps} steps, {steps / ms * 1e3:.0f} steps/s), "
+          f"{wall * 1e3:.1f} ms wall]", file=sys.stderr)
     return 0
 
 

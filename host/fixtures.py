@@ -104,3 +104,11 @@ def write_random_checkpoint(folder: str, cfg: dict | None = None, seed: int = 0,
     with open(os.path.join(folder, "model.safetensors.index.json"), "w") as f:
         json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
     return folder
+
+
+def write_random_flat(folder: str, cfg: dict | None = None, seed: int = 0, **kw) -> str:
+    """A random checkpoint (write_random_checkpoint, same keywords) converted to folder/w.bin by
+    the user's path (weight_loader.convert). Returns the flat file's path."""
+    from .weight_loader import convert
+    ck = write_random_checkpoint(os.path.join(folder, "ck"), cfg, seed=seed, **kw)
+    return convert(ck, os.path.join(folder, "w.bin"))

@@ -15,10 +15,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 
 from . import MegakernelError
 from .config import ModelConfig
+from .fsutil import atomic_output, write_text_atomic
 
 SRC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
 NVCC_FLAGS = ["-O3", "-std=c++17", "-lineinfo", "-shared", "-Xcompiler", "-fPIC"]
@@ -90,20 +90,16 @@ def build_library(arch: str | None = None, config: ModelConfig | None = None, ge
     os.makedirs(out_dir, exist_ok=True)
     includes = []
     if header is not None:
-        from .fsutil import write_text_atomic
         write_text_atomic(os.path.join(out_dir, "generated_layout.h"), header)
         includes.append("-I" + out_dir)
     includes.append("-I" + SRC_DIR)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
-    os.close(fd)
-    cmd = [nvcc, *NVCC_FLAGS, *target, *includes, "-o", tmp, os.path.join(SRC_DIR, "megakernel.cu")]
     if not quiet:
         print(f"[megakernel] compiling for {gencode or arch} (once; cached in {out_dir})", file=sys.stderr)
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        os.unlink(tmp)
-        raise MegakernelError(f"nvcc failed ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
-    os.replace(tmp, lib)
+    with atomic_output(lib, suffix=".so") as tmp:
+        cmd = [nvcc, *NVCC_FLAGS, *target, *includes, "-o", tmp, os.path.join(SRC_DIR, "megakernel.cu")]
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        if r.returncode != 0:
+            raise MegakernelError(f"nvcc failed ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
     return lib
 
 

@@ -41,7 +41,7 @@ class Qwen3Reference(torch.nn.Module):
     def __init__(self, cfg: ModelConfig, dtype=torch.float32, max_ctx: int = 2048, device="cpu"):
         super().__init__()
         self.cfg, self.dtype, self.max_ctx = cfg, dtype, max_ctx
-        L, h, kvh, d = cfg.num_hidden_layers, cfg.hidden_size, cfg.num_key_value_heads, cfg.head_dim
+        L, kvh, d = cfg.num_hidden_layers, cfg.num_key_value_heads, cfg.head_dim
         # Static KV cache: (layers, max_ctx, kv_heads, head_dim), filled as positions arrive.
         self.k_cache = torch.zeros(L, max_ctx, kvh, d, dtype=dtype, device=device)
         self.v_cache = torch.zeros(L, max_ctx, kvh, d, dtype=dtype, device=device)

@@ -26,9 +26,9 @@ import torch
 
 from .engine import Engine
 from .fsutil import write_text_atomic
-from .fixtures import qwen3_06b_config, write_random_checkpoint
+from .fixtures import write_random_flat
 from .reference import Qwen3Reference
-from .weight_loader import FlatFile, convert
+from .weight_loader import FlatFile
 
 # Random weights are scaled so that the model is confident (large top-2 logit gaps), which makes
 # the greedy-agreement check bite on most steps; see RESEARCH.md.
@@ -125,9 +125,8 @@ def main(argv=None) -> int:
             if args.weights:
                 flat = args.weights
             else:
-                ck = write_random_checkpoint(os.path.join(tmp, f"ck{seed}"), qwen3_06b_config(), seed=seed,
-                                             embed_std=args.embed_std, weight_std=VALIDATION_WEIGHT_STD)
-                flat = convert(ck, os.path.join(tmp, f"w{seed}.bin"))
+                flat = write_random_flat(os.path.join(tmp, f"seed{seed}"), seed=seed, embed_std=args.embed_std,
+                                         weight_std=VALIDATION_WEIGHT_STD)
             r = validate_flat(flat, args.steps, seed)
             results.append(r)
             print(f"seed {seed}: max rel err {r['max_rel_err']:.2e}, checked {r['steps_checked']}/{r['steps']}, "

@@ -6,8 +6,8 @@ cd "$(dirname "$0")/.."
 mkdir -p build
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path"; ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
 [ -f "$WORK/rand06b.bin" ] || python3 -c "
-from megakernel.fixtures import write_random_checkpoint; from megakernel.weight_loader import convert
-convert(write_random_checkpoint('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')"
+from megakernel.fixtures import write_random_flat; import os
+os.replace(write_random_flat('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')"
 for exp in ${EXPS:-0 4}; do
   nvcc -O3 -std=c++17 -arch=sm_90 -Isrc -DMK_STANDALONE -DMK_EXP=$exp ${EXTRA:-} -o build/exp$exp src/megakernel.cu &
 done; wait

@@ -28,8 +28,8 @@ fi
 if has harness; then
   if [ ! -f "$WORK/rand06b.bin" ]; then
     python3 -c "
-from megakernel.fixtures import write_random_checkpoint; from megakernel.weight_loader import convert
-convert(write_random_checkpoint('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')" || true
+from megakernel.fixtures import write_random_flat; import os
+os.replace(write_random_flat('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')" || true
   fi
   for ctx in 1 128 1024; do
     build/megakernel "$WORK/rand06b.bin" --steps 512 --ctx $ctx 2>&1 | tee -a "$OUT/harness.log" | tail -1

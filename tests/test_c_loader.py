@@ -9,10 +9,9 @@ import os
 import pytest
 
 from megakernel import MegakernelError
-from megakernel.fixtures import qwen3_06b_config, write_random_checkpoint
+from megakernel.fixtures import qwen3_06b_config, write_random_flat
 from megakernel.launcher import build_library, load_library
 from megakernel.layout import HEADER_FIELDS, HEADER_STRUCT
-from megakernel.weight_loader import convert
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +26,7 @@ def lib(tmp_path_factory):
 def flat_06b(tmp_path_factory):
     """A real-shape (0.6B) random checkpoint converted once for this module (~1.2 GB)."""
     d = tmp_path_factory.mktemp("flat")
-    return convert(write_random_checkpoint(str(d / "ck"), qwen3_06b_config(), seed=3), str(d / "w.bin"))
+    return write_random_flat(str(d), seed=3)
 
 
 def test_compiled_dims_are_the_configs(lib):
@@ -71,6 +70,6 @@ def test_c_reader_refuses_bad_headers(lib, flat_06b, tmp_path, fields, fragment)
 
 def test_c_reader_refuses_other_model_size(lib, tmp_path):
     from megakernel.fixtures import tiny_config
-    small = convert(write_random_checkpoint(str(tmp_path / "ck"), tiny_config(), seed=1), str(tmp_path / "s.bin"))
+    small = write_random_flat(str(tmp_path), tiny_config(), seed=1)
     with pytest.raises(MegakernelError, match="model dimensions"):
         lib.check_flat_file(small)

@@ -8,10 +8,9 @@ import os
 import pytest
 
 from megakernel import MegakernelError
-from megakernel.fixtures import qwen3_06b_config, write_random_checkpoint
+from megakernel.fixtures import write_random_flat
 from megakernel.launcher import CudaError
 from megakernel.validate import REL_ERR_LIMIT, VALIDATION_EMBED_STD, validate_flat
-from megakernel.weight_loader import convert
 
 pytestmark = pytest.mark.gpu
 
@@ -20,8 +19,7 @@ pytestmark = pytest.mark.gpu
 def flat(tmp_path_factory):
     d = tmp_path_factory.mktemp("gpu")
     seed = int.from_bytes(os.urandom(2), "little")
-    ck = write_random_checkpoint(str(d / "ck"), qwen3_06b_config(), seed=seed, embed_std=VALIDATION_EMBED_STD)
-    return convert(ck, str(d / "w.bin"))
+    return write_random_flat(str(d), seed=seed, embed_std=VALIDATION_EMBED_STD)
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """HF checkpoint -> flat file -> back: bit-exact round trips, and every bad input refused."""
 import json
 import os
-import struct
 
 import pytest
 import torch
