@@ -1,16 +1,20 @@
 """Batch-1 decode speed of the megakernel against the memory-bandwidth roofline and PyTorch baselines.
 
-    python -m megakernel.benchmark [--weights W.bin] [--contexts 1 128 1024 4096] [--tokens 512]
-                                   [--json PATH] [--plot PATH] [--no-baselines] [--quick]
+    python -m megakernel.benchmark [--weights W.bin] [--contexts 1 128 1024 4096 8192 32768]
+                                   [--tokens 512] [--ttft 16 1024 8192] [--json PATH] [--plot PATH]
+                                   [--no-baselines] [--quick]
 
 Runs on whatever CUDA GPU it finds, all in one process on the same weights (a converted flat
 file with --weights, else a random checkpoint of the real Qwen3-0.6B shapes):
   1. streaming read bandwidth of the GPU (the roofline), next to the datasheet figure;
-  2. the megakernel at each context: prefill to the context in one launch, a 16-step warm-up,
-     then one launch of --tokens steps, timed with CUDA events (median of 3);
-  3. PyTorch baselines at the smallest context: eager, CUDA graph, torch.compile
+  2. the megakernel at each context: bulk prefill of the context (host/prefill.py), a 16-step
+     warm-up, then one launch of --tokens steps, timed with CUDA events (median of 3);
+  3. time to first token for prompts of --ttft lengths: bulk prefill + the first decode step,
+     wall clock, median of 5 after a warm-up (and, up to 1,024 tokens, the same prompt fed
+     through the megakernel one token per step, for comparison);
+  4. PyTorch baselines at the smallest context: eager, CUDA graph, torch.compile
      (reduce-overhead) and HF transformers generate (where installed).
---quick: contexts 1 and 128, 256 tokens, only the eager and CUDA-graph baselines.
+--quick: contexts 1 and 128, 256 tokens, TTFT at 16 and 1,024, only two baselines.
 """
 from __future__ import annotations
 
@@ -61,8 +65,8 @@ def measure_megakernel(eng, context: int, tokens: int, read_bw: float, seed: int
     gen = torch.Generator().manual_seed(seed + context)
     vocab = eng.config.vocab_size
     pos0 = context if context > 1 else 0
-    if pos0:  # prefill: one launch of `context` forced random tokens
-        eng.run(torch.randint(0, vocab, (context,), generator=gen).tolist(), 0, context)
+    if pos0:  # bulk prefill of `context` random tokens
+        eng.prefiller(torch.randint(0, vocab, (context,), generator=gen).tolist(), 0)
     start_token = int(torch.randint(0, vocab, (1,), generator=gen))
     eng.run([], pos0, 16, start_token)  # warm-up
     ms = []
@@ -77,6 +81,23 @@ def measure_megakernel(eng, context: int, tokens: int, read_bw: float, seed: int
     return dict(context=context, tok_s=1 / sec_per_tok, ms_per_token=sec_per_tok * 1000,
                 achieved_GBps=bpt / sec_per_tok / 1e9, roofline_tok_s=roof,
                 pct_roofline=100 / sec_per_tok / roof)
+
+
+def measure_ttft(eng, lengths, seed: int = 0) -> list:
+    """Time to first token (ms) from a fresh cache, per prompt length: median of 5 after a warm-up."""
+    out = []
+    for n in lengths:
+        if n + 1 > eng.max_ctx:
+            continue
+        prompt = torch.randint(0, eng.config.vocab_size, (n,), generator=torch.Generator().manual_seed(seed + n)).tolist()
+        eng.time_to_first_token(prompt)  # warm-up: captures the prefill graph of this length's bucket
+        ms = statistics.median(eng.time_to_first_token(prompt)[1] for _ in range(5))
+        row = dict(prompt_tokens=n, ms=ms)
+        if n <= 1024:  # the same prompt through the megakernel alone, one token per step
+            eng.run(prompt, 0, n)
+            row["ms_kernel_only"] = eng.last_ms()
+        out.append(row)
+    return out
 
 
 # ------------------------------------------------------------------------------- baselines
@@ -225,6 +246,9 @@ def print_report(report: dict):
             print(f"{name:>30}: {tok_s:9.1f} tok/s   megakernel speedup x{first['tok_s'] / tok_s:.2f}")
         else:
             print(f"{name:>30}: n/a")
+    for t in report.get("ttft", []):
+        extra = f"   (one token per kernel step: {t['ms_kernel_only']:.1f} ms)" if "ms_kernel_only" in t else ""
+        print(f"time to first token, {t['prompt_tokens']:>5}-token prompt: {t['ms']:8.2f} ms{extra}")
     print(f"megakernel @ ctx {first['context']}: {first['tok_s']:.1f} tok/s, "
           f"{first['pct_roofline']:.1f}% of roofline ({report['device']})")
 
@@ -234,7 +258,8 @@ def print_report(report: dict):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", help="a converted flat .bin (default: random Qwen3-0.6B-shaped weights)")
-    ap.add_argument("--contexts", type=int, nargs="+", help="default 1 128 1024 4096")
+    ap.add_argument("--contexts", type=int, nargs="+", help="default 1 128 1024 4096 8192 32768")
+    ap.add_argument("--ttft", type=int, nargs="*", help="prompt lengths for time to first token (default 16 1024 8192)")
     ap.add_argument("--tokens", type=int, help="decode steps per timed launch (default 512)")
     ap.add_argument("--json", help="write the figures to this path")
     ap.add_argument("--plot", help="write a PNG of tok/s against context to this path")
@@ -251,10 +276,11 @@ def main(argv=None) -> int:
 def run(args) -> int:
     if not torch.cuda.is_available():
         raise MegakernelError("no NVIDIA GPU is visible to PyTorch; run on a machine with a CUDA GPU")
-    contexts = sorted(set(args.contexts or ([1, 128] if args.quick else [1, 128, 1024, 4096])))
+    contexts = sorted(set(args.contexts or ([1, 128] if args.quick else [1, 128, 1024, 4096, 8192, 32768])))
     tokens = args.tokens or (256 if args.quick else 512)
-    if contexts[0] < 1 or tokens < 1:
-        raise MegakernelError("contexts and --tokens must be at least 1")
+    ttft_lengths = args.ttft if args.ttft is not None else ([16, 1024] if args.quick else [16, 1024, 8192])
+    if contexts[0] < 1 or tokens < 1 or any(n < 1 for n in ttft_lengths):
+        raise MegakernelError("contexts, --tokens and --ttft lengths must be at least 1")
     from .engine import Engine
     from .validate import git_commit
     with tempfile.TemporaryDirectory() as tmp:
@@ -263,7 +289,8 @@ def run(args) -> int:
             from .fixtures import write_random_flat
             print("building a random checkpoint of the Qwen3-0.6B shapes ...")
             flat = write_random_flat(tmp)
-        eng = Engine(flat, max_ctx=max(contexts) + tokens + 64, verify=False, quiet=True)
+        max_ctx = max([*contexts, *ttft_lengths]) + tokens + 64
+        eng = Engine(flat, max_ctx=max_ctx, verify=False, quiet=True)
         try:
             eng.set_eos([])  # never stop a timed launch early
             device = torch.cuda.get_device_name()
@@ -273,6 +300,7 @@ def run(args) -> int:
             sheet = datasheet_bw(device)
             print(f"{device}: measured read bandwidth {read_bw:.0f} GB/s (datasheet {sheet} GB/s)")
             runs = [measure_megakernel(eng, c, tokens, read_bw) for c in contexts]
+            ttft = measure_ttft(eng, ttft_lengths)
             grid = sorted({max(1, round(10 ** (i / 20))) for i in range(0, 200)
                            if 10 ** (i / 20) <= max(contexts)} | {max(contexts)})
             curve = [(c, read_bw * 1e9 / eng.bytes_per_token(c)) for c in grid]
@@ -287,7 +315,7 @@ def run(args) -> int:
         r["baselines"] = dict(baselines)
     report = dict(device=device, date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
                   commit=git_commit(), read_bw_GBps=read_bw, datasheet_bw_GBps=sheet,
-                  bytes_per_token_ctx1=bytes_ctx1, runs=runs)
+                  bytes_per_token_ctx1=bytes_ctx1, runs=runs, ttft=ttft)
     print_report(report)
     if args.json:
         write_json(args.json, report)

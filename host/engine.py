@@ -3,8 +3,10 @@
     eng = Engine.from_pretrained("Qwen/Qwen3-0.6B")     # or a snapshot folder or a .bin
     new_tokens = eng.generate([9707, 11, 1879], max_new_tokens=32)
 
-One kernel launch runs many decode steps: the prompt tokens one per step (forced), then the
-generated ones, with the token passed from step to step on the device.
+A prompt's tokens but the last are prefilled in bulk (host/prefill.py: matrix-matrix work on
+the tensor cores, written straight into the kernel's KV cache); then one kernel launch runs the
+last prompt token and every generated one, the token passed from step to step on the device.
+prefill="kernel" instead feeds the whole prompt through the megakernel, one token per step.
 """
 from __future__ import annotations
 
@@ -53,6 +55,15 @@ class Engine:
         self.weight_bytes = info[7]
         self.pos = 0          # positions already in the KV cache (for continuing a conversation)
         self._pending = None  # the last generated token, not yet in the cache
+        self._prefill = None  # host/prefill.py's Prefill over this engine's buffers, made on first use
+
+    @property
+    def prefiller(self):
+        """The bulk prefill over this engine's weights and KV cache (created on first use)."""
+        if self._prefill is None:
+            from .prefill import Prefill
+            self._prefill = Prefill.from_engine(self)
+        return self._prefill
 
     def _config_if_custom(self):
         """None when src/generated_layout.h fits this model, else the config to build for."""
@@ -88,12 +99,17 @@ class Engine:
         ids = list(ids)
         self._check(self.lib.mk_set_eos(self._handle(), (ctypes.c_int * max(len(ids), 1))(*ids), len(ids)))
 
-    def generate(self, prompt_ids: list, max_new_tokens: int, eos_ids=(), reset: bool = True) -> list:
+    def generate(self, prompt_ids: list, max_new_tokens: int, eos_ids=(), reset: bool = True,
+                 prefill: str = "bulk") -> list:
         """Greedy continuation of prompt_ids; stops after max_new_tokens or an EOS id.
 
         reset=False continues the conversation in the cache: the last token generated before
         (not yet in the cache) goes in first, then prompt_ids (which may then be empty).
+        prefill: "bulk" (all prompt tokens but the last in one matrix pass) or "kernel" (every
+        prompt token through the megakernel).
         """
+        if prefill not in ("bulk", "kernel"):
+            raise MegakernelError(f"prefill={prefill!r}; use 'bulk' or 'kernel'")
         prompt_ids = [int(t) for t in prompt_ids]
         if not reset and self._pending is not None:
             prompt_ids = [self._pending] + prompt_ids
@@ -112,12 +128,30 @@ class Engine:
                                   f"({max_new_tokens}) = {need} exceeds max_ctx={self.max_ctx}; shorten the "
                                   "prompt or raise max_ctx")
         self.set_eos(eos_ids)
+        if prefill == "bulk" and len(prompt_ids) > 1:
+            self.prefiller(prompt_ids[:-1], start)
+            start, prompt_ids = start + len(prompt_ids) - 1, prompt_ids[-1:]
         steps = len(prompt_ids) + max_new_tokens - 1
         out = self.run(prompt_ids, start, steps)
         new = out[len(prompt_ids) - 1:]
         self.pos = start + len(prompt_ids) + len(new) - 1  # the last new token is not yet in the cache
         self._pending = new[-1]
         return new
+
+    def time_to_first_token(self, prompt_ids: list) -> tuple:
+        """(first token, milliseconds) from a fresh cache: bulk prefill + the first decode step."""
+        import time
+        prompt_ids = [int(t) for t in prompt_ids]
+        if not prompt_ids or len(prompt_ids) > self.max_ctx:
+            raise MegakernelError(f"prompt of {len(prompt_ids)} tokens; it must have 1..{self.max_ctx}")
+        self.set_eos([])
+        t0 = time.perf_counter()
+        if len(prompt_ids) > 1:
+            self.prefiller(prompt_ids[:-1], 0)
+        tok = self.run(prompt_ids[-1:], len(prompt_ids) - 1, 1)[0]
+        ms = (time.perf_counter() - t0) * 1e3
+        self.pos, self._pending = len(prompt_ids), tok
+        return tok, ms
 
     def debug_state(self):
         """(hidden (layers, 2, hidden), logits (vocab,)) of the last debug run, as numpy arrays."""
@@ -136,6 +170,7 @@ class Engine:
         return float(self.lib.mk_bytes_per_token(self._handle(), context))
 
     def close(self):
+        self._prefill = None  # its views point into memory freed below
         if getattr(self, "_h", None):
             self.lib.mk_destroy(self._h)
             self._h = None

@@ -127,6 +127,7 @@ class _Lib:
                                       ctypes.c_int, c_int_p, c_int_p, ctypes.c_int]),
             "mk_get_debug": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float),
                                             ctypes.POINTER(ctypes.c_float)]),
+            "mk_device_buffers": (None, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulonglong)]),
             "mk_measure_read_bandwidth": (ctypes.c_double, [ctypes.c_double, ctypes.c_int]),
             "mk_bytes_per_token": (ctypes.c_double, [ctypes.c_void_p, ctypes.c_int]),
         }

@@ -2,6 +2,7 @@
 
     python -m megakernel.validate [--seeds 0 1 2] [--steps 128] [--json results/validate.json]
     python -m megakernel.validate --weights W.bin          # a real converted checkpoint
+    python -m megakernel.validate --contexts 0 8192 32768  # also after bulk prefills of 8K, 32K
 
 For each seed: a random checkpoint of the real Qwen3-0.6B shapes (fixtures.py, real HF
 layout, converted by weight_loader.py), random input tokens, then per step: one kernel launch
@@ -70,18 +71,7 @@ def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -
         for s in range(steps):
             tok = eng.run([int(tokens[s])], s, 1, debug=True)[0]
             hidden, logits = eng.debug_state()
-            ref_s = ref_logits[s]
-            diff = np.abs(logits - ref_s)
-            top2 = np.sort(ref_s)[-2:]
-            gap, max_diff = float(top2[1] - top2[0]), float(diff.max())
-            checked = gap > 2 * max_diff
-            ref_tok = int(ref_s.argmax())
-            h_err = [rel_l2(hidden.reshape(-1, cfg.hidden_size)[k], hidden_ref[s, k]) for k in range(2 * cfg.num_hidden_layers)]
-            worst = int(np.argmax(h_err))
-            rows.append(dict(step=s, rel_err=rel_l2(logits, ref_s), max_abs_diff=max_diff, top2_gap=gap,
-                             checked=bool(checked), mismatch=bool(checked and tok != ref_tok),
-                             kernel_token=int(tok), ref_token=ref_tok, self_consistent=int(tok) == int(logits.argmax()),
-                             worst_hidden=(worst // 2, "attn" if worst % 2 == 0 else "mlp", h_err[worst])))
+            rows.append(_compare_step(cfg, s, tok, logits, ref_logits[s], hidden, hidden_ref[s]))
             kernel_tokens.append(int(tok))
         # the same steps in one launch (the fast path) must give the same tokens, bit for bit
         one_launch = eng.run([int(t) for t in tokens], 0, steps)
@@ -89,7 +79,7 @@ def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -
         prompt = [int(t) for t in tokens[:8]]
         gen_a = eng.generate(prompt, 32)
         gen_b = eng.generate(prompt, 32)
-    res = dict(seed=seed, steps=steps,
+    res = dict(seed=seed, context=0, steps=steps,
                max_rel_err=max(r["rel_err"] for r in rows),
                steps_checked=sum(r["checked"] for r in rows),
                token_mismatches=sum(r["mismatch"] for r in rows),
@@ -102,6 +92,60 @@ def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -
         for r in bad:
             print(f"  seed {seed} step {r['step']}: rel_err {r['rel_err']:.2e} kernel {r['kernel_token']} "
                   f"ref {r['ref_token']} worst hidden layer {r['worst_hidden']}", file=sys.stderr)
+    return res
+
+
+def _compare_step(cfg, step, tok, logits, ref_s, hidden=None, hidden_ref=None) -> dict:
+    diff = np.abs(logits - ref_s)
+    top2 = np.sort(ref_s)[-2:]
+    gap, max_diff = float(top2[1] - top2[0]), float(diff.max())
+    checked = gap > 2 * max_diff
+    ref_tok = int(ref_s.argmax())
+    row = dict(step=step, rel_err=rel_l2(logits, ref_s), max_abs_diff=max_diff, top2_gap=gap,
+               checked=bool(checked), mismatch=bool(checked and tok != ref_tok), kernel_token=int(tok),
+               ref_token=ref_tok, self_consistent=int(tok) == int(logits.argmax()), worst_hidden=None)
+    if hidden is not None:
+        h_err = [rel_l2(hidden.reshape(-1, cfg.hidden_size)[k], hidden_ref[k]) for k in range(2 * cfg.num_hidden_layers)]
+        worst = int(np.argmax(h_err))
+        row["worst_hidden"] = (worst // 2, "attn" if worst % 2 == 0 else "mlp", h_err[worst])
+    return row
+
+
+def validate_after_prefill(flat_path: str, context: int, steps: int, seed: int, verbose: bool = True,
+                           chunk: int = 1024) -> dict:
+    """Bulk prefill (host/prefill.py) of `context` random tokens, then `steps` teacher-forced
+    megakernel steps from there, each against the float32 reference (prefilled in chunks)."""
+    with FlatFile(flat_path) as flat:
+        cfg, sd = flat.config, flat.to_hf_state_dict()
+    n = context + steps
+    ref = Qwen3Reference.from_state_dict(cfg, sd, dtype=torch.float32, max_ctx=n, device="cuda")
+    del sd
+    tokens = torch.randint(0, cfg.vocab_size, (n,), generator=torch.Generator().manual_seed(2000 + seed))
+    for c0 in range(0, context, chunk):
+        ref(tokens[c0:min(c0 + chunk, context)].cuda(), c0)
+    ref_logits = ref(tokens[context:].cuda(), context).cpu().numpy().astype(np.float64)  # (steps, V)
+    del ref
+    torch.cuda.empty_cache()
+    toks = [int(t) for t in tokens]
+    with Engine(flat_path, max_ctx=n + 40, verify=False, quiet=True) as eng:
+        eng.prefiller(toks[:context], 0)
+        rows = []
+        for s in range(steps):
+            tok = eng.run([toks[context + s]], context + s, 1, debug=True)[0]
+            _, logits = eng.debug_state()
+            rows.append(_compare_step(cfg, s, tok, logits, ref_logits[s]))
+        one_launch = eng.run(toks[context:], context, steps)  # positions < context stay as prefilled
+        gen_a = eng.generate(toks[:context + 1], 32)
+        gen_b = eng.generate(toks[:context + 1], 32)
+    res = dict(seed=seed, context=context, steps=steps, max_rel_err=max(r["rel_err"] for r in rows),
+               steps_checked=sum(r["checked"] for r in rows), token_mismatches=sum(r["mismatch"] for r in rows),
+               self_consistent=all(r["self_consistent"] for r in rows),
+               one_launch_matches=one_launch == [r["kernel_token"] for r in rows],
+               deterministic=gen_a == gen_b, worst_hidden=None)
+    if verbose:
+        for r in [r for r in rows if r["rel_err"] > REL_ERR_LIMIT or r["mismatch"]][:5]:
+            print(f"  seed {seed} context {context} step {r['step']}: rel_err {r['rel_err']:.2e} "
+                  f"kernel {r['kernel_token']} ref {r['ref_token']}", file=sys.stderr)
     return res
 
 
@@ -118,6 +162,10 @@ def main(argv=None) -> int:
     ap.add_argument("--weights", help="a converted flat file to validate instead of random checkpoints")
     ap.add_argument("--json", help="write the figures to this path")
     ap.add_argument("--embed-std", type=float, default=VALIDATION_EMBED_STD)
+    ap.add_argument("--contexts", type=int, nargs="+", default=[0],
+                    help="0: teacher-forced from position 0 through the kernel alone; N > 0: bulk prefill "
+                         "of N tokens, then the steps from there (e.g. --contexts 0 8192 32768)")
+    ap.add_argument("--long-steps", type=int, default=32, help="steps after a prefill of N > 0 tokens")
     args = ap.parse_args(argv)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,16 +175,18 @@ def main(argv=None) -> int:
             else:
                 flat = write_random_flat(os.path.join(tmp, f"seed{seed}"), seed=seed, embed_std=args.embed_std,
                                          weight_std=VALIDATION_WEIGHT_STD)
-            r = validate_flat(flat, args.steps, seed)
-            results.append(r)
-            print(f"seed {seed}: max rel err {r['max_rel_err']:.2e}, checked {r['steps_checked']}/{r['steps']}, "
-                  f"mismatches {r['token_mismatches']}, one-launch match {r['one_launch_matches']}, "
-                  f"deterministic {r['deterministic']}, worst hidden {r['worst_hidden']}")
+            for context in args.contexts:
+                r = (validate_flat(flat, args.steps, seed) if context == 0
+                     else validate_after_prefill(flat, context, args.long_steps, seed))
+                results.append(r)
+                print(f"seed {seed} context {context}: max rel err {r['max_rel_err']:.2e}, checked "
+                      f"{r['steps_checked']}/{r['steps']}, mismatches {r['token_mismatches']}, one-launch match "
+                      f"{r['one_launch_matches']}, deterministic {r['deterministic']}, worst hidden {r['worst_hidden']}")
             if not args.weights:
                 os.unlink(flat)
     ok = passed(results)
     report = dict(device=torch.cuda.get_device_name(0), date=datetime.date.today().isoformat(), commit=git_commit(),
-                  seeds=[r["seed"] for r in results], steps=args.steps,
+                  seeds=sorted({r["seed"] for r in results}), contexts=args.contexts, steps=args.steps,
                   max_rel_err=max(r["max_rel_err"] for r in results),
                   steps_checked=sum(r["steps_checked"] for r in results),
                   steps_total=sum(r["steps"] for r in results),

@@ -525,6 +525,16 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   return 0;
 }
 
+// Device buffers for host-side work on the same memory (host/prefill.py writes the KV cache
+// in bulk): out = weights, weight bytes, K cache, V cache (both (layers, kv_heads, max_ctx,
+// head_dim) bf16), max_ctx, device ordinal.
+void mk_device_buffers(MkEngine* e, unsigned long long* out) {
+  const unsigned long long v[6] = {(unsigned long long)e->weights, e->weight_bytes, (unsigned long long)e->p.k_cache,
+                                   (unsigned long long)e->p.v_cache, (unsigned long long)e->max_ctx,
+                                   (unsigned long long)e->device};
+  memcpy(out, v, sizeof v);
+}
+
 // Copies the validation buffers of the last debug run: hidden (layers*2*hidden), logits (vocab).
 int mk_get_debug(MkEngine* e, float* hidden, float* logits) {
   if (hidden) MK_TRY(cudaMemcpy(hidden, e->p.dbg_hidden, (size_t)kLayers * 2 * kHidden * 4, cudaMemcpyDeviceToHost));

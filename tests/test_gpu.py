@@ -109,3 +109,51 @@ def test_max_ctx_beyond_the_model_refused(flat):
     from megakernel.engine import Engine
     with pytest.raises(MegakernelError):
         Engine(flat, max_ctx=10**6, quiet=True)
+
+
+# ---------------------------------------------------------------- bulk prefill, long context
+@pytest.mark.parametrize("context", [100, 2500])  # a captured graph bucket; the eager path
+def test_bulk_prefill_then_decode_matches_reference(flat, context):
+    from megakernel.validate import validate_after_prefill
+    r = validate_after_prefill(flat, context, steps=12, seed=int.from_bytes(os.urandom(2), "little"))
+    assert r["max_rel_err"] <= REL_ERR_LIMIT, r
+    assert r["token_mismatches"] == 0 and r["steps_checked"] >= 0.75 * r["steps"], r
+    assert r["self_consistent"] and r["one_launch_matches"] and r["deterministic"], r
+
+
+def test_long_context_decode_matches_reference(flat):
+    from megakernel.validate import validate_after_prefill
+    r = validate_after_prefill(flat, 8192, steps=8, seed=int.from_bytes(os.urandom(2), "little"))
+    assert r["max_rel_err"] <= REL_ERR_LIMIT and r["token_mismatches"] == 0, r
+    assert r["one_launch_matches"] and r["deterministic"], r
+
+
+def test_bulk_prefill_continues_a_conversation(engine):
+    # turn 2 prefilled on top of turn 1's cache (the masked, position-offset path) writes the
+    # same K/V as one fresh prefill of both turns (the graph path), to bf16 rounding
+    a, b = list(range(300, 340)), list(range(400, 433))
+    first = engine.generate(a, 6)
+    start = engine.pos                      # turn 2 starts with turn 1's pending last token
+    engine.generate(b, 4, reset=False)
+    pf = engine.prefiller
+    span = slice(start, start + len(b))     # the pending token + b[:-1]
+    k2, v2 = pf.k_cache[:, :, span].clone(), pf.v_cache[:, :, span].clone()
+    engine.generate(a + first + b, 1)
+    for got, want in ((k2, pf.k_cache[:, :, span]), (v2, pf.v_cache[:, :, span])):
+        err = (got.double() - want.double()).norm() / want.double().norm()
+        assert err < 2e-2, f"continued prefill differs from a fresh one: rel err {err:.2e}"
+
+
+def test_kv_cache_that_does_not_fit_is_refused_with_sizes(flat):
+    import torch
+    from megakernel.engine import Engine
+    free, _ = torch.cuda.mem_get_info()
+    hog = torch.empty(free - (1 << 30), dtype=torch.uint8, device="cuda")  # leave 1 GB: weights need 1.2
+    try:
+        before = torch.cuda.mem_get_info()[0]
+        with pytest.raises(CudaError, match=r"needs [0-9.]+ GB .* only [0-9.]+ GB is free"):
+            Engine(flat, max_ctx=40960, quiet=True)
+        assert torch.cuda.mem_get_info()[0] == before, "a refused engine left memory allocated"
+    finally:
+        del hog
+        torch.cuda.empty_cache()
