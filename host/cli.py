@@ -1,17 +1,22 @@
 """The `megakernel` command: thin front ends over host/.
 
-    megakernel convert MODEL OUT.bin          HF snapshot folder or hub id -> flat weight file
-    megakernel generate --model MODEL --prompt-ids 1 2 3 [--max-new-tokens N]
-    megakernel validate [--seeds 0 1 2] [--steps 128] [--json PATH]
-    megakernel bench [--contexts ...] [--json PATH] [--plot PATH]
+    megakernel generate --model Qwen/Qwen3-0.6B|PATH --prompt "..." [--max-new-tokens N]
+                        [--temperature T] [--top-k K] [--top-p P] [--seed S] [--no-stream] [--json]
+    megakernel chat --model Qwen/Qwen3-0.6B|PATH        multi-turn; /reset, /exit
+    megakernel convert MODEL OUT.bin                   HF snapshot folder or hub id -> flat file
+    megakernel validate [...]                          python -m megakernel.validate -h
+    megakernel bench [...]                             python -m megakernel.benchmark -h
 
---random-weights (generate) runs on a random checkpoint of the real Qwen3-0.6B shapes, for
-machines that cannot download; the output is then meaningless tokens, and says so.
-Text prompts, sampling and chat come with the tokenizer (a later issue); generate takes ids.
+Sampling defaults come from the snapshot's generation_config.json (Qwen3-0.6B: temperature
+0.6, top_k 20, top_p 0.95); flags override them; --temperature 0 is greedy. --random-weights
+runs on a random checkpoint of the real shapes (with a synthetic byte-level tokenizer), for
+machines that cannot download: the text is then gibberish, and says so.
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 import tempfile
 import time
@@ -19,26 +24,160 @@ import time
 from . import MegakernelError
 
 
-def _generate(args) -> int:
+def _check_sampling_flags(args):
+    if args.temperature is not None and not args.temperature >= 0:
+        raise MegakernelError(f"--temperature {args.temperature}: it must be >= 0 (0: greedy)")
+    if args.top_p is not None and not 0 < args.top_p <= 1:
+        raise MegakernelError(f"--top-p {args.top_p}: it must be in (0, 1] (1: off)")
+    if args.top_k is not None and args.top_k < 0:
+        raise MegakernelError(f"--top-k {args.top_k}: it must be >= 0 (0: off)")
+
+
+def _sampling(args, tok) -> dict:
+    d = tok.generation_defaults if tok else {}
+    temperature = d.get("temperature", 0.0) if d.get("do_sample", True) else 0.0
+    s = dict(temperature=temperature, top_k=d.get("top_k", 0), top_p=d.get("top_p", 1.0), seed=args.seed)
+    for k in ("temperature", "top_k", "top_p"):
+        if getattr(args, k) is not None:
+            s[k] = getattr(args, k)
+    return s
+
+
+def _open(args, tmp):
+    """(engine, tokenizer or None) for --model / --random-weights; nothing loaded on bad flags."""
     from .engine import Engine
+    from .launcher import detect_gpu
+    from .tokenizer import Tokenizer
+    from .weight_loader import resolve_snapshot
     if not args.model and not args.random_weights:
-        raise MegakernelError("give --model (a snapshot folder, a hub id or a .bin) or --random-weights")
+        raise MegakernelError("give --model (a hub id like Qwen/Qwen3-0.6B, a snapshot folder or a .bin) "
+                              "or --random-weights")
+    detect_gpu()  # no GPU / too old: a one-line refusal before any download or build
+    if args.random_weights:
+        from .fixtures import write_random_checkpoint
+        from .weight_loader import convert
+        print("[megakernel] --random-weights: a random checkpoint of the Qwen3-0.6B shapes and a synthetic "
+              "tokenizer; the output is gibberish", file=sys.stderr)
+        folder = write_random_checkpoint(os.path.join(tmp, "ck"))
+        flat = convert(folder, os.path.join(tmp, "w.bin"), progress=not args.quiet)
+    elif args.model.endswith(".bin"):
+        folder, flat = getattr(args, "tokenizer", None), args.model
+    else:
+        from .engine import flat_path_for
+        folder = resolve_snapshot(args.model, quiet=args.quiet)
+        flat = flat_path_for(folder, progress=not args.quiet)
+    tok = Tokenizer.from_snapshot(folder) if folder else None
+    return Engine(flat, max_ctx=args.max_ctx, quiet=args.quiet), tok
+
+
+def _stream(eng, tok, ids, args, sampling, reset=True, echo=True):
+    """Run one generation; print text as it comes unless echo is False. Returns a summary dict."""
+    from .tokenizer import StreamDecoder
+    dec = StreamDecoder(tok) if tok else None
+    eos = tok.eos_ids if tok else []
+    out, t0, t_first = [], time.perf_counter(), None
+    try:
+        for chunk in eng.generate_stream(ids, args.max_new_tokens, eos_ids=eos, reset=reset, **sampling):
+            t_first = t_first or time.perf_counter()
+            out += chunk
+            if echo:
+                print(dec.push(chunk) if dec else " ".join(map(str, chunk)) + " ", end="", flush=True)
+    finally:
+        if echo and dec:
+            print(dec.flush(), end="", flush=True)
+    t1 = time.perf_counter()
+    rate = (len(out) - 1) / (t1 - t_first) if len(out) > 1 and t1 > t_first else 0.0
+    return dict(tokens=out, text=tok.decode(out) if tok else None, new_tokens=len(out), prompt_tokens=len(ids),
+                ttft_ms=(t_first - t0) * 1e3, tok_s=rate, stopped_on_eos=bool(out and out[-1] in eos),
+                sampling={k: v for k, v in sampling.items() if k != "seed"})
+
+
+def _prompt_ids(args, tok) -> list:
+    if args.prompt_ids:
+        return args.prompt_ids
+    if args.prompt is None:
+        raise MegakernelError("give --prompt TEXT (or --prompt-ids ...)")
+    if tok is None:
+        raise MegakernelError("a .bin has no tokenizer: add --tokenizer SNAPSHOT_FOLDER or use --prompt-ids")
+    if args.raw:
+        return tok.encode(args.prompt)
+    return tok.encode(tok.apply_chat_template([{"role": "user", "content": args.prompt}],
+                                              enable_thinking=not args.no_think))
+
+
+def _generate(args) -> int:
+    _check_sampling_flags(args)
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
-        if args.random_weights:
-            from .fixtures import write_random_flat
-            print("[megakernel] --random-weights: random checkpoint of the Qwen3-0.6B shapes; "
-                  "the tokens below are meaningless", file=sys.stderr)
-            model = write_random_flat(tmp)
-        with Engine.from_pretrained(model, max_ctx=args.max_ctx, progress=not args.quiet) as eng:
-            t0 = time.perf_counter()
-            out = eng.generate(args.prompt_ids, args.max_new_tokens, eos_ids=args.eos)
-            wall = time.perf_counter() - t0
-            steps, ms = len(args.prompt_ids) + len(out) - 1, eng.last_ms()
-    print(" ".join(map(str, out)))
-    print(f"[{len(out)} tokens, {ms:.2f} ms in the kernel ({steps} steps, {steps / ms * 1e3:.0f} steps/s), "
-          f"{wall * 1e3:.1f} ms wall]", file=sys.stderr)
+        eng, tok = _open(args, tmp)
+        with eng:
+            ids = _prompt_ids(args, tok)
+            sampling = _sampling(args, tok)
+            sampling["seed"] = eng.set_sampling(**sampling)  # the seed used, reported in --json
+            r = _stream(eng, tok, ids, args, sampling, echo=not (args.no_stream or args.json))
+    r["seed"] = sampling["seed"]
+    if args.json:
+        print(json.dumps(r))
+        return 0
+    if args.no_stream:
+        print(r["text"] if tok else " ".join(map(str, r["tokens"])), end="")
+    print(f"\n[{r['new_tokens']} tokens, TTFT {r['ttft_ms']:.1f} ms, {r['tok_s']:.1f} tok/s"
+          f"{', stopped at EOS' if r['stopped_on_eos'] else ''}]", file=sys.stderr)
     return 0
+
+
+def _chat(args) -> int:
+    _check_sampling_flags(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        eng, tok = _open(args, tmp)
+        if tok is None:
+            raise MegakernelError("chat needs a tokenizer: use a snapshot folder or hub id, not a .bin")
+        with eng:
+            sampling = _sampling(args, tok)
+            fresh = True
+            print("[megakernel chat] /reset starts over, /exit leaves", file=sys.stderr)
+            while True:
+                try:
+                    line = input("\n> ")
+                except (EOFError, KeyboardInterrupt):
+                    print()
+                    return 0
+                if line.strip() == "/exit":
+                    return 0
+                if line.strip() == "/reset":
+                    fresh = True
+                    print("[conversation cleared]", file=sys.stderr)
+                    continue
+                if not line.strip():
+                    continue
+                turn = tok.apply_chat_template([{"role": "user", "content": line}], enable_thinking=not args.no_think)
+                if not fresh:  # the cache holds the earlier turns; close the last answer, add this turn
+                    closed = eng._pending in tok.eos_ids
+                    turn = ("\n" if closed else "<|im_end|>\n") + turn
+                try:
+                    r = _stream(eng, tok, tok.encode(turn), args, sampling, reset=fresh)
+                    print(f"\n[{r['new_tokens']} tokens, TTFT {r['ttft_ms']:.1f} ms, {r['tok_s']:.1f} tok/s, "
+                          f"{eng.pos} positions cached]", file=sys.stderr)
+                    fresh = False
+                except KeyboardInterrupt:
+                    print("\n[interrupted; the next turn starts a new conversation]", file=sys.stderr)
+                    fresh = True
+                except MegakernelError as e:
+                    print(f"\nerror: {e} (/reset to start over)", file=sys.stderr)
+                    fresh = True
+
+
+def _add_model_args(p, chat=False):
+    p.add_argument("--model", help="hub id (Qwen/Qwen3-0.6B), snapshot folder, or converted .bin")
+    p.add_argument("--tokenizer", help="snapshot folder with tokenizer.json (with a .bin --model)")
+    p.add_argument("--random-weights", action="store_true", help="random real-shape weights (no download)")
+    p.add_argument("--max-new-tokens", type=int, default=512 if chat else 256)
+    p.add_argument("--max-ctx", type=int, default=8192 if chat else 4096)
+    p.add_argument("--temperature", type=float, help="0: greedy (default: generation_config.json)")
+    p.add_argument("--top-k", type=int, help="0: off (default: generation_config.json)")
+    p.add_argument("--top-p", type=float, help="1: off (default: generation_config.json)")
+    p.add_argument("--seed", type=int, help="the same seed gives the same tokens")
+    p.add_argument("--no-think", action="store_true", help="render the chat template with enable_thinking=False")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def main(argv=None) -> int:
@@ -48,14 +187,15 @@ def main(argv=None) -> int:
     c.add_argument("model")
     c.add_argument("out")
     c.add_argument("--quiet", action="store_true")
-    g = sub.add_parser("generate", help="greedy continuation of token ids")
-    g.add_argument("--model")
-    g.add_argument("--prompt-ids", type=int, nargs="+", required=True)
-    g.add_argument("--max-new-tokens", type=int, default=32)
-    g.add_argument("--max-ctx", type=int, default=4096)
-    g.add_argument("--eos", type=int, nargs="*", default=[])
-    g.add_argument("--random-weights", action="store_true")
-    g.add_argument("--quiet", action="store_true")
+    g = sub.add_parser("generate", help="text in, streamed text out")
+    _add_model_args(g)
+    g.add_argument("--prompt", help="the user message (rendered with the chat template unless --raw)")
+    g.add_argument("--prompt-ids", type=int, nargs="+", help="token ids instead of --prompt")
+    g.add_argument("--raw", action="store_true", help="feed --prompt as is, without the chat template")
+    g.add_argument("--no-stream", action="store_true", help="print the text once, at the end")
+    g.add_argument("--json", action="store_true", help="one JSON object: text, tokens, TTFT, tok/s")
+    ch = sub.add_parser("chat", help="multi-turn chat; the KV cache is kept across turns")
+    _add_model_args(ch, chat=True)
     sub.add_parser("validate", help="kernel vs reference (see python -m megakernel.validate -h)", add_help=False)
     sub.add_parser("bench", help="tok/s vs roofline and PyTorch (python -m megakernel.benchmark -h)", add_help=False)
     args, rest = ap.parse_known_args(argv)
@@ -72,12 +212,12 @@ def main(argv=None) -> int:
             from .weight_loader import convert
             print(convert(args.model, args.out, progress=not args.quiet))
             return 0
-        return _generate(args)
+        return _generate(args) if args.cmd == "generate" else _chat(args)
     except MegakernelError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return 130
 
 

@@ -99,15 +99,19 @@ class Engine:
         ids = list(ids)
         self._check(self.lib.mk_set_eos(self._handle(), (ctypes.c_int * max(len(ids), 1))(*ids), len(ids)))
 
-    def generate(self, prompt_ids: list, max_new_tokens: int, eos_ids=(), reset: bool = True,
-                 prefill: str = "bulk") -> list:
-        """Greedy continuation of prompt_ids; stops after max_new_tokens or an EOS id.
+    def set_sampling(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                     rng_offset: int = 0) -> int:
+        """Token choice of the next launches (0 / 0 / 1.0: greedy). Returns the seed used."""
+        if seed is None:
+            seed = int.from_bytes(os.urandom(8), "little")
+        seed &= (1 << 64) - 1
+        rc = self.lib.mk_set_sampling(self._handle(), float(temperature), int(top_k), float(top_p), seed, rng_offset)
+        if rc != 0:
+            raise MegakernelError(self.lib.mk_error(self._h).decode())
+        return seed
 
-        reset=False continues the conversation in the cache: the last token generated before
-        (not yet in the cache) goes in first, then prompt_ids (which may then be empty).
-        prefill: "bulk" (all prompt tokens but the last in one matrix pass) or "kernel" (every
-        prompt token through the megakernel).
-        """
+    def _start(self, prompt_ids, max_new_tokens, eos_ids, reset, prefill, sampling) -> tuple:
+        """Checks, sampling and EOS set-up, bulk prefill; returns (forced ids, start position)."""
         if prefill not in ("bulk", "kernel"):
             raise MegakernelError(f"prefill={prefill!r}; use 'bulk' or 'kernel'")
         prompt_ids = [int(t) for t in prompt_ids]
@@ -127,16 +131,53 @@ class Engine:
             raise MegakernelError(f"prompt ({len(prompt_ids)} tokens after {start} cached) + max_new_tokens "
                                   f"({max_new_tokens}) = {need} exceeds max_ctx={self.max_ctx}; shorten the "
                                   "prompt or raise max_ctx")
+        self.set_sampling(**sampling)
         self.set_eos(eos_ids)
         if prefill == "bulk" and len(prompt_ids) > 1:
             self.prefiller(prompt_ids[:-1], start)
             start, prompt_ids = start + len(prompt_ids) - 1, prompt_ids[-1:]
-        steps = len(prompt_ids) + max_new_tokens - 1
-        out = self.run(prompt_ids, start, steps)
-        new = out[len(prompt_ids) - 1:]
-        self.pos = start + len(prompt_ids) + len(new) - 1  # the last new token is not yet in the cache
+        return prompt_ids, start
+
+    def generate(self, prompt_ids: list, max_new_tokens: int, eos_ids=(), reset: bool = True,
+                 prefill: str = "bulk", temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                 seed: int | None = None) -> list:
+        """Continuation of prompt_ids (greedy unless temperature > 0); stops after max_new_tokens
+        or an EOS id, all in one launch.
+
+        reset=False continues the conversation in the cache: the last token generated before
+        (not yet in the cache) goes in first, then prompt_ids (which may then be empty).
+        prefill: "bulk" (all prompt tokens but the last in one matrix pass) or "kernel" (every
+        prompt token through the megakernel). Sampling: temperature, top_k (0: off), top_p
+        (1: off), seed (None: a fresh random one); the same seed gives the same tokens.
+        """
+        forced, start = self._start(prompt_ids, max_new_tokens, eos_ids, reset, prefill,
+                                    dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+        out = self.run(forced, start, len(forced) + max_new_tokens - 1)
+        new = out[len(forced) - 1:]
+        self.pos = start + len(forced) + len(new) - 1  # the last new token is not yet in the cache
         self._pending = new[-1]
         return new
+
+    def generate_stream(self, prompt_ids: list, max_new_tokens: int, eos_ids=(), reset: bool = True,
+                        temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                        first_chunk: int = 4, chunk: int = 32):
+        """As generate(), yielding lists of new tokens as they are produced: the decode runs in
+        launches of `chunk` steps (`first_chunk` first, for a quick first token); each launch
+        continues from the device token of the one before, so the tokens are those of generate()."""
+        forced, start = self._start(prompt_ids, max_new_tokens, eos_ids, reset, "bulk",
+                                    dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
+        done, n = 0, min(first_chunk, max_new_tokens)
+        out = self.run(forced, start, len(forced) + n - 1)[len(forced) - 1:]
+        pos = start + len(forced)          # position of the next input token
+        while True:
+            done += len(out)
+            self.pos, self._pending = pos + len(out) - 1, out[-1]
+            yield out
+            if len(out) < n or done >= max_new_tokens or out[-1] in eos_ids:
+                return
+            pos = self.pos
+            n = min(chunk, max_new_tokens - done)
+            out = self.run([], pos, n, start_token=out[-1])
 
     def time_to_first_token(self, prompt_ids: list) -> tuple:
         """(first token, milliseconds) from a fresh cache: bulk prefill + the first decode step."""
@@ -145,6 +186,7 @@ class Engine:
         if not prompt_ids or len(prompt_ids) > self.max_ctx:
             raise MegakernelError(f"prompt of {len(prompt_ids)} tokens; it must have 1..{self.max_ctx}")
         self.set_eos([])
+        self.set_sampling()
         t0 = time.perf_counter()
         if len(prompt_ids) > 1:
             self.prefiller(prompt_ids[:-1], 0)

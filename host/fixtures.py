@@ -78,6 +78,65 @@ def random_hf_state_dict(cfg: dict, seed: int = 0, weight_std: float = 0.02,
     return sd
 
 
+# A ChatML template with Qwen3's thinking switch, written here for the synthetic tokenizer (a
+# real snapshot brings its own in tokenizer_config.json).
+CHAT_TEMPLATE = (
+    "{%- for message in messages %}\n"
+    "{%- if message.role == 'assistant' %}\n"
+    "{%- set content = message.content %}\n"
+    "{%- if '</think>' in content %}{%- set content = content.split('</think>')[-1].lstrip('\\n') %}{%- endif %}\n"
+    "{{- '<|im_start|>assistant\\n' + content + '<|im_end|>\\n' }}\n"
+    "{%- else %}\n"
+    "{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}\n"
+    "{%- endif %}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "{{- '<|im_start|>assistant\\n' }}\n"
+    "{%- if enable_thinking is defined and enable_thinking is false %}{{- '<think>\\n\\n</think>\\n\\n' }}{%- endif %}\n"
+    "{%- endif %}\n")
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<think>", "</think>"]
+QWEN_SPECIAL_IDS = [151643, 151644, 151645, 151667, 151668]
+
+
+def write_random_tokenizer(folder: str, vocab_size: int) -> dict:
+    """A byte-level tokenizer.json covering every id of the vocabulary (bytes, then 2- and 3-byte
+    strings), the special tokens at Qwen3's ids when the vocabulary holds them (else at its top),
+    tokenizer_config.json with CHAT_TEMPLATE. Returns {special token: id}."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())  # the 256 byte symbols
+    ids = QWEN_SPECIAL_IDS if vocab_size > max(QWEN_SPECIAL_IDS) else list(range(vocab_size - 5, vocab_size))
+    specials = dict(zip(SPECIAL_TOKENS, ids))
+    vocab, taken = {}, set(ids)
+    n = 0
+    for i in range(vocab_size):
+        if i in taken:
+            continue
+        digits, k = [], n  # token n: its base-256 digits as byte symbols (1, 2, then 3 symbols)
+        k2 = k - 256 if k >= 256 else None
+        if k < 256:
+            digits = [k]
+        elif k2 < 256 * 256:
+            digits = [k2 // 256, k2 % 256]
+        else:
+            k3 = k2 - 256 * 256
+            digits = [k3 // 65536 % 256, k3 // 256 % 256, k3 % 256]
+        vocab["".join(alphabet[d] for d in digits)] = i
+        n += 1
+    vocab.update(specials)
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    os.makedirs(folder, exist_ok=True)
+    tok.save(os.path.join(folder, "tokenizer.json"))
+    with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": CHAT_TEMPLATE,
+                   "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>", "bos_token": None,
+                   "model_max_length": 40960}, f, indent=2)
+    return specials
+
+
 def write_random_checkpoint(folder: str, cfg: dict | None = None, seed: int = 0, shards: int = 1,
                             lm_head: bool | None = None, weight_std: float = 0.02,
                             embed_std: float = 0.02, dtype=torch.bfloat16) -> str:
@@ -88,8 +147,12 @@ def write_random_checkpoint(folder: str, cfg: dict | None = None, seed: int = 0,
     sd = random_hf_state_dict(cfg, seed, weight_std, embed_std, lm_head, dtype)
     with open(os.path.join(folder, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+    specials = write_random_tokenizer(folder, cfg["vocab_size"])
+    gen = qwen3_06b_generation_config()
+    gen.update(eos_token_id=[specials["<|im_end|>"], specials["<|endoftext|>"]],
+               bos_token_id=specials["<|endoftext|>"], pad_token_id=specials["<|endoftext|>"])
     with open(os.path.join(folder, "generation_config.json"), "w") as f:
-        json.dump(qwen3_06b_generation_config(), f, indent=2)
+        json.dump(gen, f, indent=2)
     names = list(sd)
     if shards <= 1:
         save_file(sd, os.path.join(folder, "model.safetensors"), metadata={"format": "pt"})

@@ -38,8 +38,9 @@ class _DeviceBuffer:
                                          "version": 3, "strides": None}
 
 
-def _rms(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w.float()
+def _rms(x: torch.Tensor, w: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in x's dtype (float32 here); w float32 or None."""
+    return F.rms_norm(x, (x.shape[-1],), w, eps)
 
 
 class Prefill:
@@ -50,6 +51,16 @@ class Prefill:
         if dtype != torch.bfloat16:  # a float32 pass (tests): upcast the bf16 matrices once
             weights = {n: t.to(dtype) if t.dtype == torch.bfloat16 else t for n, t in weights.items()}
         self.cfg, self.w, self.k_cache, self.v_cache, self.dtype = cfg, weights, k_cache, v_cache, dtype
+        # float32 copies of the small vectors (fewer kernels per layer: RMSNorm with its weight in
+        # one call; q and k normalized together, each head row by its own norm weight)
+        Hq, Hkv = cfg.num_attention_heads, cfg.num_key_value_heads
+        self.norm32 = {}
+        for i in range(cfg.num_hidden_layers):
+            p = f"layers.{i}."
+            self.norm32[p + "input_norm"] = weights[p + "input_norm"].float()
+            self.norm32[p + "post_norm"] = weights[p + "post_norm"].float()
+            self.norm32[p + "qk_norm"] = torch.cat((weights[p + "q_norm"].float().expand(Hq, -1),
+                                                    weights[p + "k_norm"].float().expand(Hkv, -1)))
         self.max_ctx = k_cache.shape[2]
         self.device = k_cache.device
         self._graphs = {}
@@ -86,43 +97,40 @@ class Prefill:
         Hq, Hkv, n = cfg.num_attention_heads, cfg.num_key_value_heads, start + tokens.shape[0]
         pos = torch.arange(start, n, device=self.device, dtype=torch.float32)
         freqs = pos[:, None] * w["rope_inv_freq"].float()[None, :]            # (T, d/2)
+        freqs = torch.cat((freqs, freqs), dim=-1)[:, None, :]                 # (T, 1, d)
         cos, sin = freqs.cos(), freqs.sin()
         if start == 0:
             mask = None
         else:  # query t (position start+t) sees keys 0..start+t
             mask = torch.arange(n, device=self.device)[None, :] <= (start + torch.arange(T, device=self.device))[:, None]
+        nq = Hq + Hkv                                                         # q and k heads
         h = w["embed"][tokens].float()                                        # (T, hidden) residual, f32
         for i in range(cfg.num_hidden_layers):
             p = f"layers.{i}."
-            x = _rms(h, w[p + "input_norm"], eps).to(dt)
-            qkv = (x @ w[p + "wqkv"].T).float()                               # (T, q + 2 kv)
-            q = qkv[:, :cfg.q_dim].view(T, Hq, d)
-            k = qkv[:, cfg.q_dim:cfg.q_dim + cfg.kv_dim].view(T, Hkv, d)
-            v = qkv[:, cfg.q_dim + cfg.kv_dim:].view(T, Hkv, d)
-            q = _rms(q, w[p + "q_norm"], eps)
-            k = _rms(k, w[p + "k_norm"], eps)
-            q = self._rope(q, cos, sin)
-            k = self._rope(k, cos, sin)
-            self.k_cache[i, :, start:n] = k.transpose(0, 1).to(self.k_cache.dtype)
-            self.v_cache[i, :, start:n] = v.transpose(0, 1).to(self.v_cache.dtype)
+            x = _rms(h, self.norm32[p + "input_norm"], eps).to(dt)
+            qkv = (x @ w[p + "wqkv"].T).float().view(T, nq + Hkv, d)         # heads: q | k | v
+            qk = _rms(qkv[:, :nq], None, eps) * self.norm32[p + "qk_norm"]    # per-head RMSNorm, q and k
+            qk = qk * cos + self._rotate_half(qk) * sin                       # RoPE
+            k, v = qk[:, Hq:], qkv[:, nq:]
+            self.k_cache[i, :, start:n] = k.transpose(0, 1)
+            self.v_cache[i, :, start:n] = v.transpose(0, 1)
             keys = self.k_cache[i, :, :n].unsqueeze(0).to(dt)                 # (1, Hkv, n, d)
             vals = self.v_cache[i, :, :n].unsqueeze(0).to(dt)
-            o = F.scaled_dot_product_attention(q.transpose(0, 1).unsqueeze(0).to(dt), keys, vals, attn_mask=mask,
-                                               is_causal=mask is None, scale=d ** -0.5, enable_gqa=True)
+            q = qk[:, :Hq].transpose(0, 1).unsqueeze(0).to(dt)                # (1, Hq, T, d)
+            o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, is_causal=mask is None,
+                                               scale=d ** -0.5, enable_gqa=True)
             o = o[0].transpose(0, 1).reshape(T, cfg.q_dim)
             h = h + (o @ w[p + "wo"].T).float()
-            x = _rms(h, w[p + "post_norm"], eps).to(dt)
+            x = _rms(h, self.norm32[p + "post_norm"], eps).to(dt)
             gu = (x @ w[p + "wgu"].T).float().view(T, cfg.intermediate_size, 2)  # rows interleave gate, up
             act = (F.silu(gu[..., 0]) * gu[..., 1]).to(dt)
             h = h + (act @ w[p + "wdown"].T).float()
 
     @staticmethod
-    def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """Rotate-half RoPE on (T, heads, d) with cos, sin of shape (T, d/2)."""
+    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+        """(x1, x2) -> (-x2, x1) on the halves of the last dim (HF's rotate-half RoPE pairing)."""
         half = x.shape[-1] // 2
-        x1, x2 = x[..., :half], x[..., half:]
-        c, s = cos[:, None, :], sin[:, None, :]
-        return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
+        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
     # ------------------------------------------------------------------------------ entry
     @torch.no_grad()

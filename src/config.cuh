@@ -46,6 +46,10 @@ constexpr int kConsumerWarps = 8;
 constexpr int kProducerWarps = 1;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 constexpr int kAttnQuantum = kConsumerWarps * 4;     // split-KV chunks are multiples of this
+// Sampling with top-k / top-p keeps at most this many candidates per block and overall.
+constexpr int kMaxTopK = 64;
+// ... and stages a block's LM-head logits in shared memory (the two staged-input buffers).
+constexpr int kMaxLmRowsPerBlock = 2 * (kInter > kQDim ? kInter : kQDim);
 
 __host__ __device__ constexpr int rows_per_slot(int K) { return kSlotBytes / (K * 2); }
 static_assert(rows_per_slot(kHidden) >= 2 && rows_per_slot(kHidden) % 2 == 0,

@@ -10,6 +10,7 @@
 // resident. Per layer, 5 stages: QKV -> attention -> O+residual -> gate/up+SiLU ->
 // down+residual; each waits on its input's tagged words (barriers.cuh), not on a grid barrier.
 // The weight stream (weight_ring.cuh) never waits on activations.
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -72,7 +73,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
     if (threadIdx.x < 32) rope_table(p.rope_inv_freq, pos, ctl.rope_cos, ctl.rope_sin);
     consumer_sync();  // the table is read by every warp's attention; the previous step's readers are done
     int idx = 0;  // stream position within the token
-    for (int L = 0; L < kLayers; ++L) {
+    for (int L = 0; L < (p.lm_only_hidden ? 0 : kLayers); ++L) {
       const LayerWeights& w = p.layer[L];
       const bool mute = (int)blockIdx.x == p.fault_block && L == p.fault_layer;  // fault injection
       {  // QKV: qkv = Wqkv rmsnorm(h)
@@ -150,27 +151,47 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       }
       load_x_bf16<kHidden>(L + 1 < kLayers ? p.layer[L + 1].input_norm : p.final_norm, norm_w);
     }
-    {  // final norm + LM head + argmax
-      if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, kLayers - 1, kTagHMlp), ctl.xs[buf], step)) goto done;
-      stamp(p, step, 5 * kLayers, 0);
+    {  // final norm + LM head + token choice (sampling.cuh)
       float x[kHidden / 32];
-      load_x_smem<kHidden>(ctl.xs[buf], x);
-      buf ^= 1;
+      if (p.lm_only_hidden) {  // test mode: a fixed hidden state, no layers
+        idx = kStreamPerLayer * kLayers;
+        load_x_f32<kHidden>(p.lm_only_hidden, x);
+        load_x_bf16<kHidden>(p.final_norm, norm_w);
+      } else {
+        if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, kLayers - 1, kTagHMlp), ctl.xs[buf], step)) goto done;
+        load_x_smem<kHidden>(ctl.xs[buf], x);
+        buf ^= 1;
+      }
+      stamp(p, step, 5 * kLayers, 0);
       rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
+      const int mode = p.sample_mode;
+      const float inv_t = p.inv_temperature;
+      const unsigned long long ctr = (unsigned long long)pos + p.rng_offset;
+      float* lg = &ctl.xs[0][0];  // modes 1, 2: this block's scaled logits (both staged-input buffers)
+      int lm0, lm1;
+      split_units(kVocab, lm0, lm1);
+      if (mode != 0) consumer_sync();  // every warp has read its input from xs before lg overwrites it
       float best_v = -INFINITY;
       int best_i = 0x7fffffff;
       gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 5,
                           [&](int row0, int rows, const auto& acc) {
 #pragma unroll
                             for (int r = 0; r < rows_per_slot(kHidden); ++r)
-                              if (r < rows && better(acc[r], row0 + r, best_v, best_i)) {
+                              if (r < rows && mode == 0 && better(acc[r], row0 + r, best_v, best_i)) {
                                 best_v = acc[r];
                                 best_i = row0 + r;
                               }
+                            if (mode != 0 && lane < rows) lg[row0 + lane - lm0] = pick(acc, lane) * inv_t;
                             if (p.dbg_logits && lane < rows) p.dbg_logits[row0 + lane] = pick(acc, lane);
                           });
       stamp(p, step, 5 * kLayers, 1);
-      if (!publish_argmax(p, ctl, best_v, best_i, step)) goto done;
+      if (mode != 0) consumer_sync();  // lg complete
+      if (mode == 1) gumbel_argmax(p, lg, lm0, lm1 - lm0, ctr, best_v, best_i);
+      if (mode == 2) {
+        if (!publish_sample(p, ctl, lg, lm0, lm1 - lm0, step, ctr)) goto done;
+      } else if (!publish_argmax(p, ctl, best_v, best_i, step)) {
+        goto done;
+      }
     }
   }
 done:
@@ -217,6 +238,7 @@ struct MkEngine {
   int* d_tokens = nullptr;        // forced tokens, up to max_ctx
   std::vector<int> eos;
   float last_ms = 0.f;
+  float* lm_only_buf = nullptr;   // mk_set_lm_only's hidden state on the device
   cudaEvent_t ev0 = nullptr, ev1 = nullptr;
   std::string err;
 };
@@ -250,6 +272,11 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   p.attn_partial = (float*)take((size_t)kKVHeads * e->attn_max_chunks * kGroup * (kHeadDim + 2) * 4);
   p.lm_best_val = (float*)take(e->grid * 4);
   p.lm_best_idx = (int*)take(e->grid * 4);
+  p.cand_val = (float*)take((size_t)e->grid * kMaxTopK * 4);
+  p.cand_idx = (int*)take((size_t)e->grid * kMaxTopK * 4);
+  p.blk_max = (float*)take(e->grid * 4);
+  p.blk_sum = (float*)take(e->grid * 4);
+  e->lm_only_buf = (float*)take(kHidden * 4);
   p.out_tokens = (int*)take((size_t)e->max_ctx * 4);
   p.dbg_hidden = (float*)take((size_t)kLayers * 2 * kHidden * 4);
   p.dbg_logits = (float*)take((size_t)kVocab * 4);
@@ -410,6 +437,9 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.fault_block = -1;
   p.fault_layer = -1;
   p.tag_base = 1;
+  p.sample_mode = 0;  // greedy until mk_set_sampling
+  p.inv_temperature = 1.f;
+  p.top_p = 1.f;
   return 0;
 }
 
@@ -452,6 +482,53 @@ int mk_set_eos(MkEngine* e, const int* ids, int n) {
   if (n < 0 || n > 64) { e->err = "at most 64 EOS ids"; return -1; }
   e->eos.assign(ids, ids + n);
   if (n) MK_TRY(cudaMemcpy((void*)e->p.eos_ids, ids, n * sizeof(int), cudaMemcpyHostToDevice));
+  return 0;
+}
+
+// Token choice for the next launches. temperature 0 (or top_k 1): greedy argmax. top_k 0: off;
+// top_p 1: off. With temperature only, an exact sample of softmax(logits / T) over the whole
+// vocabulary (Gumbel-max); with top_k and/or top_p, over the top min(top_k, kMaxTopK)
+// candidates (kMaxTopK when only top_p is set). The token at position q uses the random stream
+// (seed, q + rng_offset): the same seed gives the same tokens.
+int mk_set_sampling(MkEngine* e, float temperature, int top_k, float top_p, unsigned long long seed,
+                    unsigned long long rng_offset) {
+  if (!(temperature >= 0.f) || std::isinf(temperature)) {
+    e->err = "temperature=" + std::to_string(temperature) + "; it must be a finite number >= 0 (0: greedy)";
+    return -1;
+  }
+  if (top_k < 0 || top_k > kMaxTopK) {
+    e->err = "top_k=" + std::to_string(top_k) + "; it must be in [0, " + std::to_string(kMaxTopK) + "] (0: off)";
+    return -1;
+  }
+  if (!(top_p > 0.f && top_p <= 1.f)) {
+    e->err = "top_p=" + std::to_string(top_p) + "; it must be in (0, 1] (1: off)";
+    return -1;
+  }
+  MkParams& p = e->p;
+  p.sample_mode = (temperature == 0.f || top_k == 1) ? 0 : (top_k == 0 && top_p >= 1.f) ? 1 : 2;
+  if (p.sample_mode == 2) {
+    const int rows = (kVocab + e->grid - 1) / e->grid;
+    if (rows > kMaxLmRowsPerBlock || e->grid > kConsumerWarps * 32) {
+      e->err = "top-k/top-p sampling needs a grid of " + std::to_string((kVocab + kMaxLmRowsPerBlock - 1) / kMaxLmRowsPerBlock) +
+               ".." + std::to_string(kConsumerWarps * 32) + " blocks (this engine has " + std::to_string(e->grid) + ")";
+      p.sample_mode = 0;
+      return -1;
+    }
+  }
+  p.top_k = top_k;
+  p.sample_k = top_k > 0 ? top_k : kMaxTopK;
+  p.inv_temperature = temperature > 0.f ? 1.f / temperature : 1.f;
+  p.top_p = top_p;
+  p.seed = seed;
+  p.rng_offset = rng_offset;
+  return 0;
+}
+
+// Test mode: with hidden != null, launches skip the layers and run the final norm, LM head and
+// token choice on this hidden state (kHidden floats) at every step; null turns it off.
+int mk_set_lm_only(MkEngine* e, const float* hidden) {
+  if (hidden) MK_TRY(cudaMemcpy(e->lm_only_buf, hidden, kHidden * sizeof(float), cudaMemcpyHostToDevice));
+  e->p.lm_only_hidden = hidden ? e->lm_only_buf : nullptr;
   return 0;
 }
 

@@ -49,6 +49,24 @@ struct MkParams {
   const int* eos_ids;           // (n_eos)
   int n_eos;
 
+  // Token choice (sampling.cuh). sample_mode: 0 greedy, 1 Gumbel-max over the whole vocabulary
+  // (temperature only), 2 top-k / top-p over per-block candidate lists.
+  int sample_mode;
+  int sample_k;                 // mode 2: candidates kept (top_k, or kMaxTopK when only top_p is set)
+  int top_k;                    // 0: off (then the nucleus is normalized over the whole vocabulary)
+  float inv_temperature;
+  float top_p;
+  unsigned long long seed;      // random stream: (seed, position + rng_offset)
+  unsigned long long rng_offset;
+  float* cand_val;              // (grid, kMaxTopK) block candidates, scaled logits, descending
+  int* cand_idx;
+  float* blk_max;               // (grid) block max of the scaled logits
+  float* blk_sum;               // (grid) block sum of exp(scaled logit - block max)
+
+  // Test mode: skip the layers; every step runs the final norm + LM head + token choice on this
+  // fixed hidden state (the sampler's distribution tests), or null.
+  const float* lm_only_hidden;
+
   float* dbg_hidden;            // (layers, 2, hidden) residual after attention / MLP, or null
   float* dbg_logits;            // (vocab) logits of the last step, or null
   unsigned long long* dbg_times; // MK_EXP & 4 builds: (grid, stages, 2) timestamps of step 1

@@ -169,7 +169,7 @@ struct StreamCursor {
   int step, idx, r0, rps;
   Segment s;
   __device__ __forceinline__ void begin(const MkParams& p) {
-    step = 0; idx = 0; r0 = 0;
+    step = 0; idx = p.lm_only_hidden ? kStreamPerLayer * kLayers : 0; r0 = 0;
     s = stream_segment(p, 0);
     rps = rows_per_slot(s.K);
   }
@@ -180,7 +180,7 @@ struct StreamCursor {
     r0 += rps;
     while (r0 >= s.nrows && step < p.n_steps) {  // next non-empty segment
       r0 = 0;
-      if (++idx == kStreamPerToken) { idx = 0; ++step; }
+      if (++idx == kStreamPerToken) { idx = p.lm_only_hidden ? kStreamPerLayer * kLayers : 0; ++step; }
       if (step < p.n_steps) { s = stream_segment(p, idx); rps = rows_per_slot(s.K); }
     }
   }
