@@ -168,16 +168,16 @@ class Engine:
                                     dict(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed))
         done, n = 0, min(first_chunk, max_new_tokens)
         out = self.run(forced, start, len(forced) + n - 1)[len(forced) - 1:]
-        pos = start + len(forced)          # position of the next input token
+        next_pos = start + len(forced) - 1 + len(out)  # where the last new token (pending) goes
         while True:
             done += len(out)
-            self.pos, self._pending = pos + len(out) - 1, out[-1]
+            self.pos, self._pending = next_pos, out[-1]
             yield out
             if len(out) < n or done >= max_new_tokens or out[-1] in eos_ids:
                 return
-            pos = self.pos
             n = min(chunk, max_new_tokens - done)
-            out = self.run([], pos, n, start_token=out[-1])
+            out = self.run([], next_pos, n, start_token=out[-1])
+            next_pos += len(out)
 
     def time_to_first_token(self, prompt_ids: list) -> tuple:
         """(first token, milliseconds) from a fresh cache: bulk prefill + the first decode step."""

@@ -36,10 +36,11 @@ __device__ __forceinline__ unsigned long long mix64(unsigned long long z) {
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
 }
-// Uniform in (0, 1), 24 bits, for (seed, counter, item).
+// Uniform in (0, 1) strictly, 23 bits (k + 0.5 is exact in float for k < 2^23, so never 0 or 1),
+// for (seed, counter, item).
 __device__ __forceinline__ float uniform01(unsigned long long seed, unsigned long long ctr, unsigned item) {
   const unsigned long long x = mix64(seed ^ mix64((ctr << 32) ^ item));
-  return ((float)(x >> 40) + 0.5f) * (1.0f / 16777216.0f);
+  return ((float)(x >> 41) + 0.5f) * (1.0f / 8388608.0f);
 }
 __device__ __forceinline__ float gumbel(unsigned long long seed, unsigned long long ctr, unsigned item) {
   return -logf(-logf(uniform01(seed, ctr, item)));

@@ -170,7 +170,7 @@ struct StreamCursor {
   Segment s;
   __device__ __forceinline__ void begin(const MkParams& p) {
     step = 0; idx = p.lm_only_hidden ? kStreamPerLayer * kLayers : 0; r0 = 0;
-    s = stream_segment(p, 0);
+    s = stream_segment(p, idx);
     rps = rows_per_slot(s.K);
   }
   __device__ __forceinline__ bool done(const MkParams& p) const { return step >= p.n_steps; }
