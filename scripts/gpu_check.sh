@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, validation, benchmark; a summary table last.
 #   scripts/gpu_check.sh            everything
-#   STAGES="build harness validate" scripts/gpu_check.sh    a subset
+#   STAGES="build harness validate" scripts/gpu_check.sh    a subset ("notebook" runs the notebook)
 # Logs and JSON go to $OUT (the device tool brings them back) or /tmp/gpu_check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -42,6 +42,7 @@ if has tests; then
 fi
 if has validate; then
   python3 -m megakernel.validate --steps ${VALIDATE_STEPS:-128} --seeds ${VALIDATE_SEEDS:-0 1 2} \
+    --contexts ${VALIDATE_CONTEXTS:-0 8192 32768} \
     --json results/validate.json 2>&1 | tee "$OUT/validate.log"
   cp results/validate.json "$OUT/" 2>/dev/null
   RESULT[validate]=$(tail -1 "$OUT/validate.log")
@@ -52,9 +53,18 @@ if has bench; then
   RESULT[bench]=$(grep -m1 "megakernel @ ctx" "$OUT/bench.log" || echo "see bench.log")
 fi
 
+if has notebook; then  # needs nbclient + ipykernel: carried wheels in .whl/ (see RESEARCH.md) or installed
+  if [ -d .whl ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
+  fi
+  MEGAKERNEL_NOTEBOOK_GPU=1 python3 -m pytest -q tests/test_notebook.py 2>&1 | tee "$OUT/notebook.log" | tail -15
+  RESULT[notebook]=$(tail -1 "$OUT/notebook.log")
+fi
+
 echo
 echo "==================== gpu_check summary ($(date -u +%F) commit $MK_COMMIT) ===================="
 nvidia-smi --query-gpu=name --format=csv,noheader
-for k in build harness tests validate bench; do
+for k in build harness tests validate bench notebook; do
   [ -n "${RESULT[$k]:-}" ] && printf "%-10s %s\n" "$k" "${RESULT[$k]}"
 done
