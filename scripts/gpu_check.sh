@@ -58,7 +58,7 @@ if has notebook; then  # needs nbclient + ipykernel: carried wheels in .whl/ (se
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
       && export PYTHONPATH="/tmp/site:${PYTHONPATH:-}"
   fi
-  MEGAKERNEL_NOTEBOOK_GPU=1 python3 -m pytest -q tests/test_notebook.py 2>&1 | tee "$OUT/notebook.log" | tail -15
+  MEGAKERNEL_NOTEBOOK_GPU=1 MEGAKERNEL_NOTEBOOK_OUT="$OUT/executed_notebook.ipynb" python3 -m pytest -q tests/test_notebook.py 2>&1 | tee "$OUT/notebook.log" | tail -15
   RESULT[notebook]=$(tail -1 "$OUT/notebook.log")
 fi
 

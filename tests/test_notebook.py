@@ -34,6 +34,8 @@ def _execute(env_extra, timeout):
     finally:
         for k, v in old.items():
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+        if os.environ.get("MEGAKERNEL_NOTEBOOK_OUT"):  # keep the executed notebook (gpu_check's record)
+            nbformat.write(nb, os.environ["MEGAKERNEL_NOTEBOOK_OUT"])
     texts = []
     for cell in nb.cells:
         if cell.cell_type != "code":
