@@ -97,10 +97,27 @@ def build_library(arch: str | None = None, config: ModelConfig | None = None, ge
         print(f"[megakernel] compiling for {gencode or arch} (once; cached in {out_dir})", file=sys.stderr)
     with atomic_output(lib, suffix=".so") as tmp:
         cmd = [nvcc, *NVCC_FLAGS, *target, *includes, "-o", tmp, os.path.join(SRC_DIR, "megakernel.cu")]
-        r = subprocess.run(cmd, capture_output=True, text=True)
+        r = _run_with_progress(cmd, quiet)
         if r.returncode != 0:
             raise MegakernelError(f"nvcc failed ({' '.join(cmd)}):\n{r.stderr[-4000:]}")
     return lib
+
+
+def _run_with_progress(cmd: list, quiet: bool) -> subprocess.CompletedProcess:
+    """Run nvcc; unless quiet, a progress bar of elapsed time (nvcc reports no progress itself)."""
+    if quiet:
+        return subprocess.run(cmd, capture_output=True, text=True)
+    import threading
+    from tqdm.auto import tqdm
+    result = {}
+    t = threading.Thread(target=lambda: result.update(r=subprocess.run(cmd, capture_output=True, text=True)))
+    t.start()
+    with tqdm(desc="nvcc", bar_format="{desc}: {elapsed} elapsed", file=sys.stderr) as bar:
+        while t.is_alive():
+            t.join(0.5)
+            bar.update(0)
+            bar.refresh()
+    return result["r"]
 
 
 class _Lib:
