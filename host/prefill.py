@@ -12,7 +12,7 @@ cache it leaves:
 
 Numerics: matrix inputs in bf16 (as the cache and weights), accumulation, norms, RoPE, the
 residual stream and softmax statistics in float32. Fresh prompts (start == 0) on a GPU replay a
-CUDA graph captured per power-of-two length bucket (positions past the prompt get padding
+CUDA graph captured per power-of-two length bucket on its second use (positions past the prompt get padding
 K/V, which decode overwrites before it reads them); longer prompts and continuations run eagerly.
 The same code runs on CPU tensors (tests compare it with host/reference.py there).
 """
@@ -64,6 +64,7 @@ class Prefill:
         self.max_ctx = k_cache.shape[2]
         self.device = k_cache.device
         self._graphs = {}
+        self._uses = {}
 
     @classmethod
     def from_engine(cls, engine) -> "Prefill":
@@ -147,7 +148,10 @@ class Prefill:
             raise MegakernelError(f"a token id is outside [0, {self.cfg.vocab_size}); use this model's tokenizer")
         tokens = tokens.to(self.device)
         bucket = next((b for b in GRAPH_BUCKETS if b >= T), None)
-        if self.device.type == "cuda" and start == 0 and bucket is not None and bucket <= self.max_ctx:
+        self._uses[bucket] = self._uses.get(bucket, 0) + 1
+        # a bucket's graph is captured on its second use (capture costs ~1 s; one-shot runs go eager)
+        if (self.device.type == "cuda" and start == 0 and bucket is not None and bucket <= self.max_ctx
+                and (bucket in self._graphs or self._uses[bucket] >= 2)):
             graph, static = self._graph(bucket)
             static.zero_()
             static[:T] = tokens
