@@ -56,6 +56,16 @@ __device__ __forceinline__ void residual_add(const MkParams& p, BlockControl& ct
   if (p.dbg_hidden) p.dbg_hidden[(size_t)dbg_index * kHidden + r] = hv;
 }
 
+// Waits for the residual stream h written with `tag`, stages it in ctl.xs[buf] and loads it into
+// x (registers, the layout rmsnorm_redundant reads); flips buf. False when the launch must stop.
+__device__ __forceinline__ bool load_residual(const MkParams& p, BlockControl& ctl, uint32_t tag, int& buf,
+                                              float (&x)[kHidden / 32], int step) {
+  if (!ll_stage<kHidden>(p, ctl, p.h, tag, ctl.xs[buf], step)) return false;
+  load_x_smem<kHidden>(ctl.xs[buf], x);
+  buf ^= 1;
+  return true;
+}
+
 __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -82,9 +92,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
           load_x_bf16<kHidden>(w.input_norm, norm_w);
           load_x_bf16<kHidden>(emb, x);
         } else {
-          if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, L - 1, kTagHMlp), ctl.xs[buf], step)) goto done;
-          load_x_smem<kHidden>(ctl.xs[buf], x);
-          buf ^= 1;
+          if (!load_residual(p, ctl, stage_tag(p, step, L - 1, kTagHMlp), buf, x, step)) goto done;
         }
         stamp(p, step, 5 * L, 0);
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
@@ -123,11 +131,9 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       }
       load_x_bf16<kHidden>(w.post_norm, norm_w);  // static: fetched before the wait
       {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
-        if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, L, kTagHAttn), ctl.xs[buf], step)) goto done;
-        stamp(p, step, 5 * L + 3, 0);
         float x[kHidden / 32];
-        load_x_smem<kHidden>(ctl.xs[buf], x);
-        buf ^= 1;
+        if (!load_residual(p, ctl, stage_tag(p, step, L, kTagHAttn), buf, x, step)) goto done;
+        stamp(p, step, 5 * L + 3, 0);
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagAct);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 3,
@@ -158,9 +164,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         load_x_f32<kHidden>(p.lm_only_hidden, x);
         load_x_bf16<kHidden>(p.final_norm, norm_w);
       } else {
-        if (!ll_stage<kHidden>(p, ctl, p.h, stage_tag(p, step, kLayers - 1, kTagHMlp), ctl.xs[buf], step)) goto done;
-        load_x_smem<kHidden>(ctl.xs[buf], x);
-        buf ^= 1;
+        if (!load_residual(p, ctl, stage_tag(p, step, kLayers - 1, kTagHMlp), buf, x, step)) goto done;
       }
       stamp(p, step, 5 * kLayers, 0);
       rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
