@@ -19,9 +19,9 @@ import json
 import os
 import sys
 import tempfile
-import time
 
 from . import MegakernelError
+from .tokenizer import stream_generate
 
 
 def _check_sampling_flags(args):
@@ -34,13 +34,11 @@ def _check_sampling_flags(args):
 
 
 def _sampling(args, tok) -> dict:
-    d = tok.generation_defaults if tok else {}
-    temperature = d.get("temperature", 0.0) if d.get("do_sample", True) else 0.0
-    s = dict(temperature=temperature, top_k=d.get("top_k", 0), top_p=d.get("top_p", 1.0), seed=args.seed)
+    s = tok.sampling_defaults() if tok else dict(temperature=0.0, top_k=0, top_p=1.0)
     for k in ("temperature", "top_k", "top_p"):
         if getattr(args, k) is not None:
             s[k] = getattr(args, k)
-    return s
+    return dict(s, seed=args.seed)
 
 
 def _open(args, tmp):
@@ -70,28 +68,6 @@ def _open(args, tmp):
     return Engine(flat, max_ctx=args.max_ctx, quiet=args.quiet), tok
 
 
-def _stream(eng, tok, ids, args, sampling, reset=True, echo=True):
-    """Run one generation; print text as it comes unless echo is False. Returns a summary dict."""
-    from .tokenizer import StreamDecoder
-    dec = StreamDecoder(tok) if tok else None
-    eos = tok.eos_ids if tok else []
-    out, t0, t_first = [], time.perf_counter(), None
-    try:
-        for chunk in eng.generate_stream(ids, args.max_new_tokens, eos_ids=eos, reset=reset, **sampling):
-            t_first = t_first or time.perf_counter()
-            out += chunk
-            if echo:
-                print(dec.push(chunk) if dec else " ".join(map(str, chunk)) + " ", end="", flush=True)
-    finally:
-        if echo and dec:
-            print(dec.flush(), end="", flush=True)
-    t1 = time.perf_counter()
-    rate = (len(out) - 1) / (t1 - t_first) if len(out) > 1 and t1 > t_first else 0.0
-    return dict(tokens=out, text=tok.decode(out) if tok else None, new_tokens=len(out), prompt_tokens=len(ids),
-                ttft_ms=(t_first - t0) * 1e3, tok_s=rate, stopped_on_eos=bool(out and out[-1] in eos),
-                sampling={k: v for k, v in sampling.items() if k != "seed"})
-
-
 def _prompt_ids(args, tok) -> list:
     if args.prompt_ids:
         return args.prompt_ids
@@ -101,8 +77,7 @@ def _prompt_ids(args, tok) -> list:
         raise MegakernelError("a .bin has no tokenizer: add --tokenizer SNAPSHOT_FOLDER or use --prompt-ids")
     if args.raw:
         return tok.encode(args.prompt)
-    return tok.encode(tok.apply_chat_template([{"role": "user", "content": args.prompt}],
-                                              enable_thinking=not args.no_think))
+    return tok.encode(tok.chat_turn(args.prompt, enable_thinking=not args.no_think))
 
 
 def _generate(args) -> int:
@@ -113,7 +88,7 @@ def _generate(args) -> int:
             ids = _prompt_ids(args, tok)
             sampling = _sampling(args, tok)
             sampling["seed"] = eng.set_sampling(**sampling)  # the seed used, reported in --json
-            r = _stream(eng, tok, ids, args, sampling, echo=not (args.no_stream or args.json))
+            r = stream_generate(eng, tok, ids, args.max_new_tokens, echo=not (args.no_stream or args.json), **sampling)
     r["seed"] = sampling["seed"]
     if args.json:
         print(json.dumps(r))
@@ -149,12 +124,10 @@ def _chat(args) -> int:
                     continue
                 if not line.strip():
                     continue
-                turn = tok.apply_chat_template([{"role": "user", "content": line}], enable_thinking=not args.no_think)
-                if not fresh:  # the cache holds the earlier turns; close the last answer, add this turn
-                    closed = eng._pending in tok.eos_ids
-                    turn = ("\n" if closed else "<|im_end|>\n") + turn
+                turn = tok.chat_turn(line, enable_thinking=not args.no_think,
+                                     pending=None if fresh else eng.pending_token)
                 try:
-                    r = _stream(eng, tok, tok.encode(turn), args, sampling, reset=fresh)
+                    r = stream_generate(eng, tok, tok.encode(turn), args.max_new_tokens, reset=fresh, **sampling)
                     print(f"\n[{r['new_tokens']} tokens, TTFT {r['ttft_ms']:.1f} ms, {r['tok_s']:.1f} tok/s, "
                           f"{eng.pos} positions cached]", file=sys.stderr)
                     fresh = False

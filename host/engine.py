@@ -58,6 +58,11 @@ class Engine:
         self._prefill = None  # host/prefill.py's Prefill over this engine's buffers, made on first use
 
     @property
+    def pending_token(self):
+        """The last generated token, not yet in the cache (None before any generation)."""
+        return self._pending
+
+    @property
     def prefiller(self):
         """The bulk prefill over this engine's weights and KV cache (created on first use)."""
         if self._prefill is None:

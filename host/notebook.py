@@ -6,7 +6,6 @@ there is no usable GPU; the notebook's later cells then print that they are skip
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 
@@ -117,31 +116,21 @@ def open_engine(model: dict, max_ctx: int):
 
 
 def _stream(eng, tok, ids, max_new_tokens, reset=True, **sampling):
-    from .tokenizer import StreamDecoder
-    dec, n, t0, t1 = StreamDecoder(tok), 0, time.perf_counter(), None
-    for chunk in eng.generate_stream(ids, max_new_tokens, eos_ids=tok.eos_ids, reset=reset, **sampling):
-        t1 = t1 or time.perf_counter()
-        n += len(chunk)
-        print(dec.push(chunk), end="", flush=True)
-    print(dec.flush())
-    dt = time.perf_counter() - t1
-    print(f"[{n} tokens, TTFT {(t1 - t0) * 1e3:.1f} ms, {(n - 1) / dt if n > 1 and dt > 0 else 0:.0f} tok/s]")
+    from .tokenizer import stream_generate
+    r = stream_generate(eng, tok, ids, max_new_tokens, reset=reset, **sampling)
+    print(f"\n[{r['new_tokens']} tokens, TTFT {r['ttft_ms']:.1f} ms, {r['tok_s']:.0f} tok/s]")
 
 
 def generate_demo(eng, tok, prompt: str, max_new_tokens: int = 128, seed: int = 0):
     """One streamed answer with the snapshot's sampling defaults."""
-    ids = tok.encode(tok.apply_chat_template([{"role": "user", "content": prompt}], enable_thinking=False))
-    d = tok.generation_defaults
-    _stream(eng, tok, ids, max_new_tokens, temperature=d.get("temperature", 0.0), top_k=d.get("top_k", 0),
-            top_p=d.get("top_p", 1.0), seed=seed)
+    _stream(eng, tok, tok.encode(tok.chat_turn(prompt, enable_thinking=False)), max_new_tokens,
+            seed=seed, **tok.sampling_defaults())
 
 
 def chat_demo(eng, tok, turns: list, max_new_tokens: int = 96):
     """A short multi-turn chat; later turns reuse the KV cache of the earlier ones (greedy)."""
     for i, msg in enumerate(turns):
-        text = tok.apply_chat_template([{"role": "user", "content": msg}], enable_thinking=False)
-        if i:
-            text = ("\n" if eng._pending in tok.eos_ids else "<|im_end|>\n") + text
+        text = tok.chat_turn(msg, enable_thinking=False, pending=eng.pending_token if i else None)
         print(f"> {msg}")
         _stream(eng, tok, tok.encode(text), max_new_tokens, reset=i == 0)
-        print(f"[{eng.pos} positions in the KV cache]\n", file=sys.stdout)
+        print(f"[{eng.pos} positions in the KV cache]\n")

@@ -59,6 +59,21 @@ class Tokenizer:
                 return f.read() if name.endswith(".jinja") else json.load(f)
         return cls(path, load("tokenizer_config.json"), load("chat_template.jinja"), load("generation_config.json"))
 
+    def sampling_defaults(self) -> dict:
+        """temperature / top_k / top_p from generation_config.json (greedy when do_sample is false)."""
+        d = self.generation_defaults
+        return dict(temperature=d.get("temperature", 0.0) if d.get("do_sample", True) else 0.0,
+                    top_k=d.get("top_k", 0), top_p=d.get("top_p", 1.0))
+
+    def chat_turn(self, message: str, enable_thinking: bool = True, pending: int | None = None) -> str:
+        """The text one user turn adds: the turn and the assistant prompt. With the cache holding
+        earlier turns, pending is the engine's last generated token (not yet in the cache): an
+        answer that stopped at EOS gets its newline, one cut short by max_new_tokens is closed."""
+        text = self.apply_chat_template([{"role": "user", "content": message}], enable_thinking=enable_thinking)
+        if pending is None:
+            return text
+        return ("\n" if pending in self.eos_ids else "<|im_end|>\n") + text
+
     @property
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size(with_added_tokens=True)
@@ -94,6 +109,30 @@ class Tokenizer:
         return env.from_string(self.chat_template).render(
             messages=messages, add_generation_prompt=add_generation_prompt, enable_thinking=enable_thinking,
             **variables)
+
+
+def stream_generate(eng, tok, ids: list, max_new_tokens: int, reset: bool = True, echo: bool = True,
+                    **sampling) -> dict:
+    """Engine.generate_stream with the text printed as it comes (echo; token ids without a
+    tokenizer). Returns tokens, text, counts, TTFT (ms) and the decode rate after the first token."""
+    import time
+    dec = StreamDecoder(tok) if tok else None
+    eos = tok.eos_ids if tok else []
+    out, t0, t_first = [], time.perf_counter(), None
+    try:
+        for chunk in eng.generate_stream(ids, max_new_tokens, eos_ids=eos, reset=reset, **sampling):
+            t_first = t_first or time.perf_counter()
+            out += chunk
+            if echo:
+                print(dec.push(chunk) if dec else " ".join(map(str, chunk)) + " ", end="", flush=True)
+    finally:
+        if echo and dec:
+            print(dec.flush(), end="", flush=True)
+    t1 = time.perf_counter()
+    rate = (len(out) - 1) / (t1 - t_first) if len(out) > 1 and t1 > t_first else 0.0
+    return dict(tokens=out, text=tok.decode(out) if tok else None, new_tokens=len(out), prompt_tokens=len(ids),
+                ttft_ms=(t_first - t0) * 1e3, tok_s=rate, stopped_on_eos=bool(out and out[-1] in eos),
+                sampling={k: v for k, v in sampling.items() if k != "seed"})
 
 
 class StreamDecoder:

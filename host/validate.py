@@ -67,32 +67,18 @@ def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -
     torch.cuda.empty_cache()
 
     with Engine(flat_path, max_ctx=steps + 48, verify=False, quiet=True) as eng:
-        rows, kernel_tokens = [], []
+        rows = []
         for s in range(steps):
             tok = eng.run([int(tokens[s])], s, 1, debug=True)[0]
             hidden, logits = eng.debug_state()
             rows.append(_compare_step(cfg, s, tok, logits, ref_logits[s], hidden, hidden_ref[s]))
-            kernel_tokens.append(int(tok))
         # the same steps in one launch (the fast path) must give the same tokens, bit for bit
         one_launch = eng.run([int(t) for t in tokens], 0, steps)
         # determinism: the same greedy generation twice
         prompt = [int(t) for t in tokens[:8]]
         gen_a = eng.generate(prompt, 32)
         gen_b = eng.generate(prompt, 32)
-    res = dict(seed=seed, context=0, steps=steps,
-               max_rel_err=max(r["rel_err"] for r in rows),
-               steps_checked=sum(r["checked"] for r in rows),
-               token_mismatches=sum(r["mismatch"] for r in rows),
-               self_consistent=all(r["self_consistent"] for r in rows),
-               one_launch_matches=one_launch == kernel_tokens,
-               deterministic=gen_a == gen_b,
-               worst_hidden=max((r["worst_hidden"] for r in rows), key=lambda w: w[2]))
-    if verbose:
-        bad = [r for r in rows if r["rel_err"] > REL_ERR_LIMIT or r["mismatch"]][:5]
-        for r in bad:
-            print(f"  seed {seed} step {r['step']}: rel_err {r['rel_err']:.2e} kernel {r['kernel_token']} "
-                  f"ref {r['ref_token']} worst hidden layer {r['worst_hidden']}", file=sys.stderr)
-    return res
+    return _summarize(rows, seed, 0, one_launch, gen_a == gen_b, verbose)
 
 
 def _compare_step(cfg, step, tok, logits, ref_s, hidden=None, hidden_ref=None) -> dict:
@@ -137,15 +123,21 @@ def validate_after_prefill(flat_path: str, context: int, steps: int, seed: int, 
         one_launch = eng.run(toks[context:], context, steps)  # positions < context stay as prefilled
         gen_a = eng.generate(toks[:context + 1], 32)
         gen_b = eng.generate(toks[:context + 1], 32)
-    res = dict(seed=seed, context=context, steps=steps, max_rel_err=max(r["rel_err"] for r in rows),
+    return _summarize(rows, seed, context, one_launch, gen_a == gen_b, verbose)
+
+
+def _summarize(rows: list, seed: int, context: int, one_launch: list, deterministic: bool, verbose: bool) -> dict:
+    """One seed's figures from its per-step rows (_compare_step); prints the worst steps if verbose."""
+    hidden = [r["worst_hidden"] for r in rows if r["worst_hidden"] is not None]
+    res = dict(seed=seed, context=context, steps=len(rows), max_rel_err=max(r["rel_err"] for r in rows),
                steps_checked=sum(r["checked"] for r in rows), token_mismatches=sum(r["mismatch"] for r in rows),
                self_consistent=all(r["self_consistent"] for r in rows),
                one_launch_matches=one_launch == [r["kernel_token"] for r in rows],
-               deterministic=gen_a == gen_b, worst_hidden=None)
+               deterministic=deterministic, worst_hidden=max(hidden, key=lambda w: w[2]) if hidden else None)
     if verbose:
         for r in [r for r in rows if r["rel_err"] > REL_ERR_LIMIT or r["mismatch"]][:5]:
-            print(f"  seed {seed} context {context} step {r['step']}: rel_err {r['rel_err']:.2e} "
-                  f"kernel {r['kernel_token']} ref {r['ref_token']}", file=sys.stderr)
+            print(f"  seed {seed} context {context} step {r['step']}: rel_err {r['rel_err']:.2e} kernel "
+                  f"{r['kernel_token']} ref {r['ref_token']} worst hidden layer {r['worst_hidden']}", file=sys.stderr)
     return res
 
 
