@@ -1,18 +1,22 @@
-// attention.cuh: GQA attention for one decode position, split over KV (flash-decoding style).
+// attention.cuh: GQA attention for one decode position, split over KV (flash-decoding style),
+// computed by the group of blocks that also applies the output projection of its KV head.
 //
-// Work items are (kv head j, chunk c of attn_chunk positions), spread over all blocks. Each
-// item: q of the kGroup query heads of j (per-head RMSNorm + RoPE, every warp redundantly);
-// the item holding the current position first appends this step's k (normed, roped) and v to
-// the cache; then the consumer warps scan the chunk's positions (4 at a time per warp) with an
-// online softmax, merge their partials in shared memory, and either write the head's output
-// (one chunk) or a partial (m, l, o) that the last item of the head to finish merges by
-// log-sum-exp (a cumulative counter per KV head: no grid barrier).
-// scratch: kConsumerWarps * kGroup * (head_dim + 2) floats of shared memory for the warps' partials.
-// Inputs: p.qkv (tagged words, tag_in). Outputs: p.attn_out (tagged words, tag_out), the
-// cache at `pos`. counter_base: this head's counter value before this layer (the sum of the
-// chunk counts of the earlier layers and steps of this launch). Returns false on error.
+// Blocks form kKVHeads groups (weight_ring.cuh, attn_group): group j holds the kGroup query
+// heads of KV head j. The positions 0..pos are cut into at most group-size chunks of at least
+// kAttnQuantum positions; member c scans chunk c. Each chunk: q of the group's query heads
+// (per-head RMSNorm + RoPE, every warp redundantly); the member holding the current position
+// first appends this step's k (normed, roped) and v to the cache; the consumer warps scan the
+// chunk's positions (4 at a time per warp) with an online softmax and merge their partials in
+// shared memory. With one chunk (short contexts) every member scans it itself and no block
+// waits for another; with several, each member publishes its partial (m, l, o) as tagged words
+// and every member of the group merges all of them by log-sum-exp. The result, the group's
+// heads concatenated (kGroupDim values), lands in ctl.attn_o; the caller multiplies it by the
+// member's rows of the group's Wo panel and adds them into the residual (counted words).
+// Inputs: p.qkv (tagged words, tag_in), the cache. Outputs: ctl.attn_o, the cache at `pos`,
+// p.attn_part (tagged words, tag_part). Returns false on error.
 #pragma once
 #include "kv_cache.cuh"
+#include "weight_ring.cuh"
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegBig = -1e30f;  // "minus infinity" that keeps exp2(m - M) finite
@@ -58,45 +62,75 @@ __device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint
   o[3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[3]);
 }
 
-__device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, float* scratch, int layer, int pos,
-                                                int chunk, uint32_t tag_in, uint32_t tag_out,
-                                                unsigned counter_base, int step) {
+// Chunking of n positions over a group of `size` members: at least kAttnQuantum positions a chunk.
+__device__ __forceinline__ void attention_chunks(int n, int size, int max_chunks, int& chunk, int& nchunks) {
+  const int parts = max(1, min(min(size, max_chunks), (n + kAttnQuantum - 1) / kAttnQuantum));
+  chunk = ((n + parts - 1) / parts + 3) / 4 * 4;
+  nchunks = (n + chunk - 1) / chunk;
+}
+
+__device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, int layer, int pos,
+                                                uint32_t tag_in, uint32_t tag_part, int step) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const AttnGroup grp = attn_group();
+  const int j = grp.head;
   const int n = pos + 1;
-  const int nchunks = (n + chunk - 1) / chunk;
-  const int max_chunks = p.attn_max_chunks;
+  int chunk, nchunks;
+  attention_chunks(n, grp.size, p.attn_max_chunks, chunk, nchunks);
   const LayerWeights& w = p.layer[layer];
   const float qscale = rsqrtf((float)kHeadDim) * kLog2e;  // softmax in base 2
+  float* scratch = &ctl.xs[0][0];  // per-warp partials, then the chunks' partials (both xs buffers)
+  const size_t part_stride = (size_t)kGroup * (kHeadDim + 2);  // words per chunk
+  unsigned long long* parts = p.attn_part + (size_t)j * p.attn_max_chunks * part_stride;
 
-  for (int item = blockIdx.x; item < kKVHeads * nchunks; item += gridDim.x) {
-    const int j = item % kKVHeads, c = item / kKVHeads;
+  // One chunk: every member scans it (no waiting on other blocks). Several: member c scans chunk c.
+  const int c = nchunks == 1 ? 0 : grp.rank;
+  if (c < nchunks) {
     const int t0 = c * chunk, t1 = min(n, t0 + chunk);
     const bf16_t* kc = p.k_cache + kv_offset(p, layer, j, 0);
     const bf16_t* vc = p.v_cache + kv_offset(p, layer, j, 0);
-
-    // Positions before `pos` come from the cache; their loads do not depend on this step, so
-    // each warp issues its first batch before waiting for q, k and v. The current position's
-    // k and v stay in registers (warp 0 folds them in) while they are appended to the cache.
+    // Nothing below depends on this step until q, k and v arrive: issue the first batch of
+    // cached positions and the norm weights' loads before waiting.
     const int t_old = min(t1, pos);
     int tb = t0 + warp * 4;
     uint2 kr[4], vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
+    float qw[4], kw[4];
+    load_head_weight(w.q_norm, qw);
+    load_head_weight(w.k_norm, kw);
 
-    // This step's q (kGroup heads), k and v of head j: all loads in flight together.
+    // This step's q (kGroup heads), k and v of head j, polled once for the block (all words in
+    // flight together) and staged in shared memory for every warp.
+    float* qkv_s = ctl.xs[1];
+    constexpr int kQKVWords = (kGroup + 2) * kHeadDim;
+    if (!stage_words_at<kQKVWords>(
+            p, ctl,
+            [&](int i) {  // q of the group's heads, then k, then v
+              const int word = 2 * i;
+              return word < kGroupDim ? p.qkv + j * kGroupDim + word
+                                      : p.qkv + kQDim + (word - kGroupDim) / kHeadDim * kKVDim + j * kHeadDim +
+                                            (word - kGroupDim) % kHeadDim;
+            },
+            kQKVWords, [&](unsigned long long x) { return ll_tag(x) == tag_in; },
+            [&](int i, unsigned long long a, unsigned long long b) {
+              qkv_s[2 * i] = ll_value(a);
+              qkv_s[2 * i + 1] = ll_value(b);
+            },
+            (int)(tag_in - p.tag_base), step))
+      return false;
     const bool has_current = t1 == n && warp == 0;
     float qkv_in[kGroup + 2][4];
-    const unsigned long long* srcs[kGroup + 2];
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g) srcs[g] = p.qkv + (j * kGroup + g) * kHeadDim;
-    srcs[kGroup] = p.qkv + kQDim + j * kHeadDim;
-    srcs[kGroup + 1] = p.qkv + kQDim + kKVDim + j * kHeadDim;
-    if (!ll_load_heads<kGroup + 2>(p, srcs, tag_in, qkv_in, step)) ctl.abort = 1;
+    for (int h = 0; h < kGroup + 2; ++h) {
+      const float4 v4 = *reinterpret_cast<const float4*>(qkv_s + h * kHeadDim + 4 * lane);
+      qkv_in[h][0] = v4.x; qkv_in[h][1] = v4.y; qkv_in[h][2] = v4.z; qkv_in[h][3] = v4.w;
+    }
     float q[kGroup][4];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] = qkv_in[g][i];
-      head_norm_rope(q[g], w.q_norm, ctl.rope_cos, ctl.rope_sin);
+      head_norm_rope(q[g], qw, ctl.rope_cos, ctl.rope_sin);
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] *= qscale;
     }
@@ -104,9 +138,11 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     if (has_current) {
 #pragma unroll
       for (int i = 0; i < 4; ++i) { kcur[i] = qkv_in[kGroup][i]; vcur[i] = qkv_in[kGroup + 1][i]; }
-      head_norm_rope(kcur, w.k_norm, ctl.rope_cos, ctl.rope_sin);
-      store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
-      store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);
+      head_norm_rope(kcur, kw, ctl.rope_cos, ctl.rope_sin);
+      if (grp.rank == c) {  // one writer per head: with one chunk, every member holds it; rank 0 writes
+        store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
+        store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);
+      }
     }
 
     float m[kGroup], l[kGroup], o[kGroup][4];
@@ -152,9 +188,10 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     // merge the warps' partials: warp g merges query head g of the group
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
-      if (lane == 0) { scratch[(warp * kGroup + g) * (kHeadDim + 2) + 0] = m[g]; scratch[(warp * kGroup + g) * (kHeadDim + 2) + 1] = l[g]; }
+      float* sp = scratch + (warp * kGroup + g) * (kHeadDim + 2);
+      if (lane == 0) { sp[0] = m[g]; sp[1] = l[g]; }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) scratch[(warp * kGroup + g) * (kHeadDim + 2) + 2 + 4 * lane + i] = o[g][i];
+      for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = o[g][i];
     }
     consumer_sync();
     if (warp < kGroup) {
@@ -163,52 +200,53 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       for (int w2 = 0; w2 < kConsumerWarps; ++w2) M = fmaxf(M, scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 0]);
       float L = 0.f, O[4] = {0.f, 0.f, 0.f, 0.f};
       for (int w2 = 0; w2 < kConsumerWarps; ++w2) {
-        const float f = exp2f(scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 0] - M);
-        L += scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 1] * f;
+        const float* sp = scratch + (w2 * kGroup + g) * (kHeadDim + 2);
+        const float f = exp2f(sp[0] - M);
+        L += sp[1] * f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) O[i] += scratch[(w2 * kGroup + g) * (kHeadDim + 2) + 2 + 4 * lane + i] * f;
+        for (int i = 0; i < 4; ++i) O[i] += sp[2 + 4 * lane + i] * f;
       }
       if (nchunks == 1) {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) ll_store(p.attn_out + (j * kGroup + g) * kHeadDim + 4 * lane + i, O[i] / L, tag_out);
-      } else {
-        float* part = p.attn_partial + ((size_t)(j * max_chunks + c) * kGroup + g) * (kHeadDim + 2);
-        if (lane == 0) { part[0] = M; part[1] = L; }
+        for (int i = 0; i < 4; ++i) ctl.attn_o[g * kHeadDim + 4 * lane + i] = O[i] / L;
+      } else {  // publish the chunk's partial: m, l, o
+        unsigned long long* part = parts + c * part_stride + g * (kHeadDim + 2);
+        if (lane == 0) { ll_store(part, M, tag_part); ll_store(part + 1, L, tag_part); }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) part[2 + 4 * lane + i] = O[i];
-        __threadfence();
+        for (int i = 0; i < 4; ++i) ll_store(part + 2 + 4 * lane + i, O[i], tag_part);
       }
     }
-    if (nchunks > 1) {
-      consumer_sync();
-      if (threadIdx.x == 0) {
-        __threadfence();
-        ctl.is_last = atomicAdd(&p.head_counter[j], 1u) == counter_base + (unsigned)(nchunks - 1);
-      }
-      consumer_sync();
-      if (ctl.is_last) {  // every chunk of head j is done: merge them by log-sum-exp
-        __threadfence();
-        if (warp < kGroup) {
-          const int g = warp;
-          const float* part0 = p.attn_partial + ((size_t)j * max_chunks * kGroup + g) * (kHeadDim + 2);
-          const size_t stride = (size_t)kGroup * (kHeadDim + 2);
-          float M = kNegBig;
-          for (int cc = 0; cc < nchunks; ++cc) M = fmaxf(M, ld_cg(part0 + cc * stride));
-          float L = 0.f, O[4] = {0.f, 0.f, 0.f, 0.f};
-          for (int cc = 0; cc < nchunks; ++cc) {
-            const float* part = part0 + cc * stride;
-            const float f = exp2f(ld_cg(part) - M);
-            L += ld_cg(part + 1) * f;
+  }
+  if (nchunks > 1) {  // every member: all chunks' partials of head j, merged by log-sum-exp
+    float M = kNegBig, L = 0.f, O[4] = {0.f, 0.f, 0.f, 0.f};  // warp g < kGroup: query head g
+    for (int c0 = 0; c0 < nchunks; c0 += kMergeChunks) {  // kMergeChunks chunks per pass
+      const int nc = min(kMergeChunks, nchunks - c0);
+      consumer_sync();  // scratch is free (the per-warp partials, the previous pass)
+      if (!stage_words<kMergeChunks * kGroup * (kHeadDim + 2)>(
+              p, ctl, parts + c0 * part_stride, nc * (int)part_stride,
+              [&](unsigned long long x) { return ll_tag(x) == tag_part; },
+              [&](int i, unsigned long long a, unsigned long long b) {
+                scratch[2 * i] = ll_value(a);
+                scratch[2 * i + 1] = ll_value(b);
+              },
+              (int)(tag_part - p.tag_base), step))
+        return false;
+      if (warp < kGroup) {
+        for (int cc = 0; cc < nc; ++cc) {
+          const float* sp = scratch + cc * part_stride + warp * (kHeadDim + 2);
+          const float Mn = fmaxf(M, sp[0]), a = exp2f(M - Mn), b = exp2f(sp[0] - Mn);
+          L = L * a + sp[1] * b;
 #pragma unroll
-            for (int i = 0; i < 4; ++i) O[i] += ld_cg(part + 2 + 4 * lane + i) * f;
-          }
-#pragma unroll
-          for (int i = 0; i < 4; ++i) ll_store(p.attn_out + (j * kGroup + g) * kHeadDim + 4 * lane + i, O[i] / L, tag_out);
+          for (int i = 0; i < 4; ++i) O[i] = O[i] * a + sp[2 + 4 * lane + i] * b;
+          M = Mn;
         }
       }
     }
-    consumer_sync();  // scratch and ctl.is_last are reused by the next item
+    if (warp < kGroup) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) ctl.attn_o[warp * kHeadDim + 4 * lane + i] = O[i] / L;
+    }
   }
-  consumer_sync();
+  consumer_sync();  // attn_o complete; scratch free
   return !ctl.abort;
 }

@@ -6,10 +6,23 @@
 //    sees the value written with it. Readers poll the data itself: no grid barrier, no fence,
 //    and one L2 round trip from the write to the use. Tags grow monotonically (the host moves
 //    tag_base past every launch), so stale words never match.
-//    Why reuse is safe without barriers: every activation buffer is rewritten only two stages
-//    after it was written, and the rewriting stage needs outputs of every block from the stage
-//    in between, which each block produced only after it had read the buffer. RESEARCH.md
-//    walks through each buffer.
+//    Why reuse is safe without barriers: a buffer is rewritten only after a wait that needs an
+//    output of every block that was produced after that block's last read of it:
+//      qkv (QKV of layer L+1 waits for h of L, which needs every block's act of L, written
+//      after its attention read qkv); attn_part (attention of L+1, after the same wait, which
+//      comes after every block merged the partials of L); act (gate/up of L+1 waits for every
+//      block's O contribution of L+1, made after its down projection of L read act); h (down of
+//      L+1 waits for every block's act of L+1, written after it read h at QKV of L+1).
+// 1b. Sums over blocks travel as counted words: each contributor adds, with one 64-bit atomic,
+//    (1 << 56) plus its value in fixed point (biased to be non-negative), so a word holds the
+//    number of contributions in its top byte and their exact integer sum below: a reader polls
+//    the word until the count is complete (one round trip, like a tagged word), and the sum
+//    does not depend on the order of arrival (bitwise repeatable). Used for the attention
+//    output: each KV-head group adds its Wo panel times its heads' output into the residual.
+//    The words of step s live in buffer s & 1 and are zeroed during step s + 1 (for step s + 2):
+//    zeroing follows the token barrier of step s (every read of them is done) and precedes the
+//    zeroing block's arrival at the token barrier of step s + 1 (release), which every
+//    contributor of step s + 2 has acquired.
 // 2. The token barrier (per step) and the reductions (split-KV merge, argmax) use counters in
 //    global memory with release/acquire at GPU scope: the writer's release (or __threadfence
 //    before the atomic) orders its plain stores before the count; the reader's acquire orders
@@ -32,10 +45,11 @@ struct BlockControl {
   int is_last;                          // this block finished a reduction last
   float best_val[kConsumerWarps];
   int best_idx[kConsumerWarps];
-  // Staged stage inputs, double-buffered; the attention stage borrows the idle buffer for its
-  // per-warp softmax partials (attention.cuh).
-  alignas(16) float xs[2][kInter > kQDim ? kInter : kQDim];
-  float h_own[kHidden];  // the residual rows this block owns (O and down projections), by row
+  // Staged stage inputs, double-buffered; the attention stage borrows them for its per-warp
+  // softmax partials and the split-KV partials of its KV head (attention.cuh).
+  alignas(16) float xs[2][kStageFloats];
+  alignas(16) float h_full[kHidden];  // the residual stream as this block last read it (all rows)
+  alignas(16) float attn_o[kGroupDim];  // attention output of this block's KV-head group
   float rope_cos[kHeadDim / 2], rope_sin[kHeadDim / 2];  // this step's RoPE table (kv_cache.cuh)
 };
 
@@ -92,20 +106,21 @@ __device__ __forceinline__ bool ll_wait2(const MkParams& p, const unsigned long 
   }
 }
 
-// All consumer threads: wait for the N-word activation `src` with `tag` and copy its values to
-// shared memory `dst`. Every round re-issues the loads of all words not yet seen, together, so
-// the wait ends one L2 round trip after the last word lands (not one round trip per word).
-// Returns false (for every thread) when the launch must stop.
-template <int N>
-__device__ __forceinline__ bool ll_stage(const MkParams& p, BlockControl& ctl, const unsigned long long* src,
-                                         uint32_t tag, float* dst, int step) {
-  constexpr int kThreads = kConsumerWarps * 32, kPairs = N / 2, kPer = (kPairs + kThreads - 1) / kThreads;
+// All consumer threads: wait until all n (<= N) words are ready(word) and hand each pair to
+// store(i, word 2i, word 2i+1); pair i is read at pair_src(i) (16-byte aligned). Every round re-issues the loads of all words not yet seen,
+// together, so the wait ends one L2 round trip after the last word lands (not one round trip
+// per word). Returns false (for every thread) when the launch must stop; store then never ran.
+template <int N, class Src, class Ready, class Store>
+__device__ __forceinline__ bool stage_words_at(const MkParams& p, BlockControl& ctl, Src&& pair_src, int n,
+                                               Ready&& ready, Store&& store, int detail, int step) {
+  constexpr int kThreads = kConsumerWarps * 32, kPer = (N / 2 + kThreads - 1) / kThreads;
+  const int pairs = n / 2;
   ulonglong2 v[kPer];
-  bool ready[kPer];
+  bool have[kPer];
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {  // all loads in flight first
     const int i = threadIdx.x + u * kThreads;
-    if (i < kPairs) v[u] = ll_load2(src + 2 * i);
+    if (i < pairs) v[u] = ll_load2(pair_src(i));
   }
   bool ok = true;
   uint64_t t0 = 0;
@@ -114,32 +129,69 @@ __device__ __forceinline__ bool ll_stage(const MkParams& p, BlockControl& ctl, c
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
       const int i = threadIdx.x + u * kThreads;
-      ready[u] = i >= kPairs || (ll_tag(v[u].x) == tag && ll_tag(v[u].y) == tag);
-      all = all && ready[u];
+      have[u] = i >= pairs || (ready(v[u].x) && ready(v[u].y));
+      all = all && have[u];
     }
     if (all) break;
     if (round == 0) t0 = global_timer_ns();
     else if ((round & 15) == 0 && (error_raised(p) || global_timer_ns() - t0 > p.timeout_ns)) {
-      if (!error_raised(p)) raise_error(p, MK_ERR_WAIT_TIMEOUT, (int)(tag - p.tag_base), step);
+      if (!error_raised(p)) raise_error(p, MK_ERR_WAIT_TIMEOUT, detail, step);
       ok = false;
       break;
     }
     __nanosleep(MK_POLL_SLEEP_NS);
 #pragma unroll
     for (int u = 0; u < kPer; ++u)
-      if (!ready[u]) v[u] = ll_load2(src + 2 * (threadIdx.x + u * kThreads));
+      if (!have[u]) v[u] = ll_load2(pair_src(threadIdx.x + u * kThreads));
   }
+  if (ok) {
 #pragma unroll
-  for (int u = 0; u < kPer; ++u) {
-    const int i = threadIdx.x + u * kThreads;
-    if (i < kPairs) {
-      dst[2 * i] = ll_value(v[u].x);
-      dst[2 * i + 1] = ll_value(v[u].y);
+    for (int u = 0; u < kPer; ++u) {
+      const int i = threadIdx.x + u * kThreads;
+      if (i < pairs) store(i, v[u].x, v[u].y);
     }
   }
   if (!ok) ctl.abort = 1;
   consumer_sync();
   return !ctl.abort;
+}
+
+// The same for n consecutive words at src.
+template <int N, class Ready, class Store>
+__device__ __forceinline__ bool stage_words(const MkParams& p, BlockControl& ctl, const unsigned long long* src,
+                                            int n, Ready&& ready, Store&& store, int detail, int step) {
+  return stage_words_at<N>(p, ctl, [&](int i) { return src + 2 * i; }, n, ready, store, detail, step);
+}
+
+// The N-word activation `src` written with `tag`, values copied to shared memory dst.
+template <int N>
+__device__ __forceinline__ bool ll_stage(const MkParams& p, BlockControl& ctl, const unsigned long long* src,
+                                         uint32_t tag, float* dst, int step) {
+  return stage_words<N>(
+      p, ctl, src, N, [&](unsigned long long w) { return ll_tag(w) == tag; },
+      [&](int i, unsigned long long a, unsigned long long b) {
+        dst[2 * i] = ll_value(a);
+        dst[2 * i + 1] = ll_value(b);
+      },
+      (int)(tag - p.tag_base), step);
+}
+
+// ---- counted fixed-point words (1b above) ------------------------------------------------------
+constexpr unsigned long long kCountOne = 1ull << 56;  // one contribution
+constexpr unsigned long long kFixBias = 1ull << 52;   // added to every contribution: no borrow into the count
+constexpr float kFixMax = (float)(1ll << (51 - kFixShift));  // contributions are clamped to +-this
+// kKVHeads contributions of at most 1.5 * kFixBias each must stay below the count byte.
+static_assert(kKVHeads * 3 < 32, "too many contributions per counted word");
+__device__ __forceinline__ void red_add_counted(unsigned long long* dst, float v) {
+  const long long f = __float2ll_rn(fminf(fmaxf(v, -kFixMax), kFixMax) * (float)(1ll << kFixShift));
+  const unsigned long long w = kCountOne + kFixBias + (unsigned long long)f;
+  asm volatile("red.relaxed.gpu.global.add.u64 [%0], %1;" :: "l"(dst), "l"(w) : "memory");
+}
+__device__ __forceinline__ unsigned counted_count(unsigned long long w) { return (unsigned)(w >> 56); }
+// The sum of `count` contributions.
+__device__ __forceinline__ float counted_value(unsigned long long w, unsigned count) {
+  const long long f = (long long)((w & (kCountOne - 1)) - count * kFixBias);
+  return (float)f * (1.0f / (float)(1ll << kFixShift));
 }
 
 // ---- counters ------------------------------------------------------------------------------------

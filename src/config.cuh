@@ -18,6 +18,7 @@ constexpr int kHeadDim = MK_HEAD_DIM;
 constexpr int kGroup = kQHeads / kKVHeads;          // query heads sharing one KV head
 constexpr int kQDim = kQHeads * kHeadDim;           // 2048
 constexpr int kKVDim = kKVHeads * kHeadDim;         // 1024
+constexpr int kGroupDim = kGroup * kHeadDim;        // 256: one KV head's query heads (a column panel of Wo)
 constexpr int kQKVDim = kQDim + 2 * kKVDim;         // 4096 rows of the fused QKV matrix
 constexpr float kRmsEps = MK_RMS_EPS;
 
@@ -45,11 +46,21 @@ constexpr int kConsumerWarps = 8;
 // a kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
 constexpr int kProducerWarps = 1;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
-constexpr int kAttnQuantum = kConsumerWarps * 4;     // split-KV chunks are multiples of this
+constexpr int kAttnQuantum = kConsumerWarps * 4;     // positions the warps take in one pass: the smallest chunk
+// Staged stage inputs (two buffers, BlockControl::xs) hold this many floats each.
+constexpr int kStageFloats = kInter > kQDim ? kInter : kQDim;
+// Split-KV chunks of one KV head at most (its partials buffer), and how many chunks' partials
+// (m, l, o per query head) one merge pass stages in a buffer: as many words as the largest
+// activation, so the poll keeps the same 6 word pairs per thread in flight (more spill registers).
+constexpr int kMaxAttnChunks = 32;
+constexpr int kMergeChunks = kStageFloats / (kGroup * (kHeadDim + 2));
+// The attention output reaches the residual as a sum over KV-head groups in fixed point
+// (barriers.cuh, counted words): values are kept to 2^-kFixShift, up to +-2^(51-kFixShift).
+constexpr int kFixShift = 24;
 // Sampling with top-k / top-p keeps at most this many candidates per block and overall.
 constexpr int kMaxTopK = 64;
 // ... and stages a block's LM-head logits in shared memory (the two staged-input buffers).
-constexpr int kMaxLmRowsPerBlock = 2 * (kInter > kQDim ? kInter : kQDim);
+constexpr int kMaxLmRowsPerBlock = 2 * kStageFloats;
 
 __host__ __device__ constexpr int rows_per_slot(int K) { return kSlotBytes / (K * 2); }
 static_assert(rows_per_slot(kHidden) >= 2 && rows_per_slot(kHidden) % 2 == 0,
@@ -58,8 +69,10 @@ static_assert(rows_per_slot(kQDim) >= 1 && rows_per_slot(kInter) >= 1, "slot sma
 static_assert(kHidden % 256 == 0 && kQDim % 256 == 0 && kInter % 256 == 0,
               "a warp reads a row in 16-byte pieces, 32 lanes at a time");
 static_assert(kHeadDim == 128, "attention maps 4 head dims to each of 32 lanes");
-static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) <= (kInter > kQDim ? kInter : kQDim),
+static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) <= kStageFloats,
               "attention's per-warp partials borrow one staged-input buffer");
+static_assert(kGroupDim % 256 == 0, "the O projection's K-slice is read like any row (16-byte pieces, 32 lanes)");
+static_assert(kMergeChunks >= 2, "split-KV needs room for two chunks' partials");
 
 // ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------
 enum MkErrorCode {

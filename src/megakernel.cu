@@ -7,9 +7,11 @@
 //
 // Block layout: kConsumerWarps compute warps + one weight-stream (producer) warp, one block per
 // SM (the ring takes most of shared memory), launched cooperatively so that all blocks are
-// resident. Per layer, 5 stages: QKV -> attention -> O+residual -> gate/up+SiLU ->
-// down+residual; each waits on its input's tagged words (barriers.cuh), not on a grid barrier.
-// The weight stream (weight_ring.cuh) never waits on activations.
+// resident. Per layer, 4 waits on other blocks: QKV -> attention + O (each KV-head group of
+// blocks computes its head's attention and multiplies it by its panel of Wo; the groups' sums
+// meet in counted words) -> gate/up+SiLU -> down+residual; each waits on its input's tagged
+// or counted words (barriers.cuh), not on a grid barrier. The weight stream (weight_ring.cuh)
+// never waits on activations.
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -36,41 +38,60 @@ __device__ __forceinline__ void stamp(const MkParams& p, int step, int stage, in
 }
 
 // Tags of the activations written in (step, layer): one per stage output (barriers.cuh).
-enum TagKind { kTagQKV = 0, kTagAttn = 1, kTagHAttn = 2, kTagAct = 3, kTagHMlp = 4, kTagsPerLayer = 5 };
+enum TagKind { kTagQKV = 0, kTagAttnPart = 1, kTagAct = 2, kTagHMlp = 3, kTagsPerLayer = 4 };
 __device__ __forceinline__ uint32_t stage_tag(const MkParams& p, int step, int layer, int kind) {
   return p.tag_base + (uint32_t)((step * kLayers + layer) * kTagsPerLayer + kind);
 }
 
-// Residual update of this block's rows (lane r: row row0 + r): h = base + acc, where base is the
-// embedding (layer 0's attention) or the block's own copy of h; published as tagged words, and
-// into the validation buffer as hidden state number dbg_index.
+// Residual update after the MLP of this block's rows (lane r: row row0 + r): h = h_full + acc,
+// published as tagged words, and into the validation buffer as hidden state number dbg_index.
 template <int N>
 __device__ __forceinline__ void residual_add(const MkParams& p, BlockControl& ctl, int row0, int rows,
-                                             const float (&acc)[N], const bf16_t* emb, uint32_t tag, int dbg_index) {
+                                             const float (&acc)[N], uint32_t tag, int dbg_index) {
   const int lane = threadIdx.x & 31;
   if (lane >= rows) return;
   const int r = row0 + lane;
-  const float hv = (emb ? bf16_to_float(emb[r]) : ctl.h_own[r]) + pick(acc, lane);
-  ctl.h_own[r] = hv;
+  const float hv = ctl.h_full[r] + pick(acc, lane);
   ll_store(p.h + r, hv, tag);
   if (p.dbg_hidden) p.dbg_hidden[(size_t)dbg_index * kHidden + r] = hv;
 }
 
-// Waits for the residual stream h written with `tag`, stages it in ctl.xs[buf] and loads it into
-// x (registers, the layout rmsnorm_redundant reads); flips buf. False when the launch must stop.
-__device__ __forceinline__ bool load_residual(const MkParams& p, BlockControl& ctl, uint32_t tag, int& buf,
+// Waits for the residual stream h written with `tag`, stages it in ctl.h_full and loads it into
+// x (registers, the layout rmsnorm_redundant reads). False when the launch must stop.
+// (ctl.h_full is rewritten here while slow warps of this block may still be in the previous
+// down projection reading their rows of it: each such read precedes the tagged store of that
+// row, which this wait needs first.)
+__device__ __forceinline__ bool load_residual(const MkParams& p, BlockControl& ctl, uint32_t tag,
                                               float (&x)[kHidden / 32], int step) {
-  if (!ll_stage<kHidden>(p, ctl, p.h, tag, ctl.xs[buf], step)) return false;
-  load_x_smem<kHidden>(ctl.xs[buf], x);
-  buf ^= 1;
+  if (!ll_stage<kHidden>(p, ctl, p.h, tag, ctl.h_full, step)) return false;
+  load_x_smem<kHidden>(ctl.h_full, x);
+  return true;
+}
+
+// Waits until every KV-head group has added its attention output into the counted words of
+// (step, layer) and adds their sum to ctl.h_full (the residual after attention); loads that into
+// x. False when the launch must stop.
+__device__ __forceinline__ bool load_residual_attn(const MkParams& p, BlockControl& ctl, int step, int layer,
+                                                   float (&x)[kHidden / 32]) {
+  const unsigned long long* src = p.hred + ((size_t)(step & 1) * kLayers + layer) * kHidden;
+  float* h = ctl.h_full;
+  if (!stage_words<kHidden>(
+          p, ctl, src, kHidden, [](unsigned long long w) { return counted_count(w) == (unsigned)kKVHeads; },
+          [&](int i, unsigned long long a, unsigned long long b) {
+            h[2 * i] += counted_value(a, kKVHeads);
+            h[2 * i + 1] += counted_value(b, kKVHeads);
+          },
+          -1 - layer, step))
+    return false;
+  load_x_smem<kHidden>(h, x);
   return true;
 }
 
 __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
-  int buf = 0;                 // which ctl.xs buffer the next stage stages into
-  unsigned attn_counter = 0;   // split-KV chunks counted per head so far in this launch
+  int own0, own1;  // the residual rows this block owns in the down projection
+  split_units(kHidden, own0, own1);
   float norm_w[kHidden / 32];  // the next RMSNorm's weight, this lane's share
   for (int step = 0; step < p.n_steps; ++step) {
     const int pos = p.pos0 + step;
@@ -81,6 +102,11 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
     }
     const bf16_t* emb = p.embed + (size_t)token * kHidden;
     if (threadIdx.x < 32) rope_table(p.rope_inv_freq, pos, ctl.rope_cos, ctl.rope_sin);
+    // Counted words of step + 1 (last used by step - 1, whose token barrier every block has
+    // passed): zero this block's rows of them (barriers.cuh, 1b).
+    if (step + 1 < p.n_steps && !p.lm_only_hidden)
+      for (int i = threadIdx.x; i < kLayers * (own1 - own0); i += kConsumerWarps * 32)
+        p.hred[((size_t)((step + 1) & 1) * kLayers + i / (own1 - own0)) * kHidden + own0 + i % (own1 - own0)] = 0ull;
     consumer_sync();  // the table is read by every warp's attention; the previous step's readers are done
     int idx = 0;  // stream position within the token
     for (int L = 0; L < (p.lm_only_hidden ? 0 : kLayers); ++L) {
@@ -91,8 +117,14 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         if (L == 0) {
           load_x_bf16<kHidden>(w.input_norm, norm_w);
           load_x_bf16<kHidden>(emb, x);
+          if (threadIdx.x < 32) {  // the residual starts as the embedding row
+#pragma unroll
+            for (int c = 0; c < kHidden / 256; ++c)
+#pragma unroll
+              for (int jj = 0; jj < 8; ++jj) ctl.h_full[(c * 32 + lane) * 8 + jj] = x[c * 8 + jj];
+          }
         } else {
-          if (!load_residual(p, ctl, stage_tag(p, step, L - 1, kTagHMlp), buf, x, step)) goto done;
+          if (!load_residual(p, ctl, stage_tag(p, step, L - 1, kTagHMlp), x, step)) goto done;
         }
         stamp(p, step, 5 * L, 0);
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
@@ -103,37 +135,31 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
                             });
         stamp(p, step, 5 * L, 1);
       }
-      {
-        // Split-KV: about one (head, chunk) item per block, chunks a multiple of what the warps
-        // take in one pass. The split depends on the grid size, so results may differ in the last
-        // bits between grid sizes (not between runs).
-        const int per_head = max(1, (int)gridDim.x / kKVHeads);
-        const int chunk = ((pos + 1 + per_head - 1) / per_head + kAttnQuantum - 1) / kAttnQuantum * kAttnQuantum;
-        const int nchunks = (pos + 1 + chunk - 1) / chunk;
+      {  // attention of this block's KV-head group (attention.cuh), into ctl.attn_o
         stamp(p, step, 5 * L + 1, 0);
-        if (!attention_stage(p, ctl, ctl.xs[buf], L, pos, chunk, stage_tag(p, step, L, kTagQKV),
-                             stage_tag(p, step, L, kTagAttn), attn_counter, step))
+        if (!attention_stage(p, ctl, L, pos, stage_tag(p, step, L, kTagQKV), stage_tag(p, step, L, kTagAttnPart), step))
           goto done;
-        if (nchunks > 1) attn_counter += nchunks;
         stamp(p, step, 5 * L + 1, 1);
       }
-      {  // O projection + residual: h = h + Wo attn
-        if (!ll_stage<kQDim>(p, ctl, p.attn_out, stage_tag(p, step, L, kTagAttn), ctl.xs[buf], step)) goto done;
+      {  // O projection, split over K by KV-head group: hred += Wo[rows, group panel] attn_o
+        float xo[kGroupDim / 32];
+        load_x_smem<kGroupDim>(ctl.attn_o, xo);
         stamp(p, step, 5 * L + 2, 0);
-        const float* xs = ctl.xs[buf];
-        buf ^= 1;
-        const uint32_t tag = stage_tag(p, step, L, kTagHAttn);
-        gemv_stage_smem<kQDim>(p, ring, xs, stream_segment(p, idx++), step, 2,
-                          [&](int row0, int rows, const auto& acc) {
-                            residual_add(p, ctl, row0, rows, acc, L == 0 ? emb : nullptr, tag, 2 * L);
-                          });
+        unsigned long long* hred = p.hred + ((size_t)(step & 1) * kLayers + L) * kHidden;
+        gemv_stage<kGroupDim>(p, ring, xo, stream_segment(p, idx++), step, 2,
+                              [&](int row0, int rows, const auto& acc) {
+                                if (lane < rows) red_add_counted(hred + row0 + lane, pick(acc, lane));
+                              });
         stamp(p, step, 5 * L + 2, 1);
       }
       load_x_bf16<kHidden>(w.post_norm, norm_w);  // static: fetched before the wait
       {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
         float x[kHidden / 32];
-        if (!load_residual(p, ctl, stage_tag(p, step, L, kTagHAttn), buf, x, step)) goto done;
+        if (!load_residual_attn(p, ctl, step, L, x)) goto done;
         stamp(p, step, 5 * L + 3, 0);
+        if (p.dbg_hidden)
+          for (int r = own0 + (int)threadIdx.x; r < own1; r += kConsumerWarps * 32)
+            p.dbg_hidden[(size_t)(2 * L) * kHidden + r] = ctl.h_full[r];
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagAct);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 3,
@@ -144,15 +170,13 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         stamp(p, step, 5 * L + 3, 1);
       }
       {  // down projection + residual: h = h + Wd act
-        if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[buf], step)) goto done;
+        if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[0], step)) goto done;
         stamp(p, step, 5 * L + 4, 0);
-        const float* xs = ctl.xs[buf];
-        buf ^= 1;
         const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
-        gemv_stage_smem<kInter>(p, ring, xs, stream_segment(p, idx++), step, 4,
-                           [&](int row0, int rows, const auto& acc) {
-                             residual_add(p, ctl, row0, rows, acc, nullptr, tag, 2 * L + 1);
-                           });
+        gemv_stage_smem<kInter>(p, ring, ctl.xs[0], stream_segment(p, idx++), step, 4,
+                                [&](int row0, int rows, const auto& acc) {
+                                  residual_add(p, ctl, row0, rows, acc, tag, 2 * L + 1);
+                                });
         stamp(p, step, 5 * L + 4, 1);
       }
       load_x_bf16<kHidden>(L + 1 < kLayers ? p.layer[L + 1].input_norm : p.final_norm, norm_w);
@@ -164,7 +188,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         load_x_f32<kHidden>(p.lm_only_hidden, x);
         load_x_bf16<kHidden>(p.final_norm, norm_w);
       } else {
-        if (!load_residual(p, ctl, stage_tag(p, step, kLayers - 1, kTagHMlp), buf, x, step)) goto done;
+        if (!load_residual(p, ctl, stage_tag(p, step, kLayers - 1, kTagHMlp), x, step)) goto done;
       }
       stamp(p, step, 5 * kLayers, 0);
       rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
@@ -259,6 +283,8 @@ static const char* kAbiVersion = "megakernel-abi-1";
   } while (0)
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
+// The counted words of two steps (params.cuh, hred); zeroed before every launch.
+constexpr size_t kHredBytes = (size_t)2 * kLayers * kHidden * 8;
 
 // Lays out every run-time buffer in one allocation; with base == nullptr only sizes it.
 static size_t layout_scratch(MkEngine* e, char* base) {
@@ -271,9 +297,9 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   using ll_t = unsigned long long;
   p.h = (ll_t*)take(kHidden * 8);
   p.qkv = (ll_t*)take(kQKVDim * 8);
-  p.attn_out = (ll_t*)take(kQDim * 8);
   p.act = (ll_t*)take(kInter * 8);
-  p.attn_partial = (float*)take((size_t)kKVHeads * e->attn_max_chunks * kGroup * (kHeadDim + 2) * 4);
+  p.attn_part = (ll_t*)take((size_t)kKVHeads * e->attn_max_chunks * kGroup * (kHeadDim + 2) * 8);
+  p.hred = (ll_t*)take(kHredBytes);
   p.lm_best_val = (float*)take(e->grid * 4);
   p.lm_best_idx = (int*)take(e->grid * 4);
   p.cand_val = (float*)take((size_t)e->grid * kMaxTopK * 4);
@@ -284,12 +310,11 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   p.out_tokens = (int*)take((size_t)e->max_ctx * 4);
   p.dbg_hidden = (float*)take((size_t)kLayers * 2 * kHidden * 4);
   p.dbg_logits = (float*)take((size_t)kVocab * 4);
-  // small control block, zeroed before every launch: sync[4], error[4], head_counter, token, stop
+  // small control block, zeroed before every launch: sync[4], error[4], token, stop
   char* ctl = take(256);
   p.sync = (unsigned*)ctl;
   p.error = (int*)(ctl + 16);
-  p.head_counter = (unsigned*)(ctl + 32);
-  p.cur_token = (int*)(ctl + 32 + 4 * kKVHeads);
+  p.cur_token = (int*)(ctl + 32);
   p.stop = p.cur_token + 1;
   p.eos_ids = (const int*)take(64 * 4);
   p.dbg_times = (unsigned long long*)take(((size_t)e->grid * kTimedStages * 2 + 8) * 8);
@@ -368,7 +393,13 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
              std::to_string(max_grid) + " on this GPU); refusing to launch";
     return -1;
   }
-  e->attn_max_chunks = e->grid / kKVHeads + 2;  // see the split-KV chunk choice in consumer_main
+  if (e->grid < kKVHeads) {
+    e->err = "grid of " + std::to_string(e->grid) + " blocks: at least " + std::to_string(kKVHeads) +
+             " are needed (one group per KV head)";
+    return -1;
+  }
+  // a group's members, at most (attention.cuh chunks the positions over them)
+  e->attn_max_chunks = std::min((e->grid + kKVHeads - 1) / kKVHeads, kMaxAttnChunks);
   // Memory: weights + scratch must fit in what is free now.
   e->weight_bytes = e->info.header.payload_bytes;
   e->scratch_bytes = layout_scratch(e, nullptr);
@@ -433,8 +464,9 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.max_ctx = max_ctx;
   p.attn_max_chunks = e->attn_max_chunks;
   p.nslots = e->nslots;
-  // L2 prefetch distance: 3/4 of the L2 shared by all blocks, in slots per block.
-  p.prefetch_slots = (int)(0.75 * prop.l2CacheSize / ((double)e->grid * kSlotBytes));
+  // L2 prefetch distance: 1/4 of the L2 shared by all blocks, in slots per block (H100: 8 slots;
+  // 4-12 measured alike, 24 slower, 36 much slower: RESEARCH.md).
+  p.prefetch_slots = (int)(0.25 * prop.l2CacheSize / ((double)e->grid * kSlotBytes));
   if (const char* env = getenv("MK_PREFETCH_SLOTS")) p.prefetch_slots = atoi(env);  // tuning knob
   p.timeout_ns = 2000ull * 1000 * 1000;
   if (const char* env = getenv("MK_TIMEOUT_MS")) p.timeout_ns = (unsigned long long)(atof(env) * 1e6);
@@ -576,9 +608,10 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   if (!debug) { p.dbg_hidden = nullptr; p.dbg_logits = nullptr; }
   if (n_forced) MK_TRY(cudaMemcpy(e->d_tokens, forced, n_forced * sizeof(int), cudaMemcpyHostToDevice));
   MK_TRY(cudaMemset(p.sync, 0, 256));
+  MK_TRY(cudaMemset(p.hred, 0, kHredBytes));
   if (MK_EXP & 4) MK_TRY(cudaMemset(p.dbg_times, 0, ((size_t)e->grid * kTimedStages * 2 + 8) * 8));
   // Tags of this launch are new: nothing left by an earlier (even failed) launch can match.
-  e->p.tag_base = p.tag_base + (uint32_t)((n_steps + 1) * kLayers * 5 + 8);
+  e->p.tag_base = p.tag_base + (uint32_t)((n_steps + 1) * kLayers * kTagsPerLayer + 8);
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
   void* args[] = {&p};
   MK_TRY(cudaEventRecord(e->ev0));

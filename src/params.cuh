@@ -28,12 +28,13 @@ struct MkParams {
   // Activations as tagged words (barriers.cuh): low 32 bits float, high 32 bits tag.
   unsigned long long* h;        // (hidden)   residual stream
   unsigned long long* qkv;      // (qkv_dim)  raw projections of this layer
-  unsigned long long* attn_out; // (q_dim)    attention output, heads concatenated
   unsigned long long* act;      // (inter)    silu(gate) * up
   uint32_t tag_base;            // tags of this launch start here (host advances it per launch)
-  float* attn_partial;          // (kv_heads, attn_max_chunks, group, head_dim + 2) split-KV partials
-  int attn_max_chunks;          // chunks per head at most (attention_chunk keeps within it)
-  unsigned* head_counter;       // (kv_heads) split-KV chunks finished per KV head, cumulative
+  unsigned long long* attn_part; // (kv_heads, attn_max_chunks, group, head_dim + 2) split-KV partials
+                                //   (m, l, o[head_dim]) as tagged words
+  int attn_max_chunks;          // chunks per KV head at most (<= kMaxAttnChunks)
+  unsigned long long* hred;     // (2, layers, hidden) Wo * attention summed over the KV-head groups,
+                                //   counted fixed-point words (barriers.cuh); [step & 1][layer]
   float* lm_best_val;           // (grid) per-block best logit
   int* lm_best_idx;             // (grid) its row
   unsigned* sync;               // [1] LM-head arrivals, [2] tokens published (cumulative)

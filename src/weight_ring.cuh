@@ -13,18 +13,37 @@
 #pragma once
 #include "barriers.cuh"
 
-// The rows of one matrix that this block computes.
+// The rows of one matrix that this block computes: rows row0.. of the K columns from col0 on
+// (ld elements apart; ld == K: whole rows, one contiguous run).
 struct Segment {
   const bf16_t* base;  // the matrix
   int row0;            // first row of this block's slice
   int nrows;           // rows in the slice
-  int K;               // row length (elements)
+  int K;               // row length (elements) as the stage reads it
+  int ld = K;          // row stride of the matrix (elements)
+  int col0 = 0;        // first column
 };
 
 // Balanced contiguous split of `units` over the grid.
 __device__ __forceinline__ void split_units(int units, int& u0, int& u1) {
   u0 = (int)((long long)units * blockIdx.x / gridDim.x);
   u1 = (int)((long long)units * (blockIdx.x + 1) / gridDim.x);
+}
+
+// Blocks form kKVHeads groups: block b serves KV head b % kKVHeads as member b / kKVHeads of
+// its group. A group computes its head's attention (split over its members) and multiplies it
+// by the matching column panel of Wo (rows split over its members).
+struct AttnGroup {
+  int head, rank, size;
+};
+__device__ __forceinline__ AttnGroup attn_group() {
+  const int j = (int)(blockIdx.x % kKVHeads);
+  return {j, (int)(blockIdx.x / kKVHeads), ((int)gridDim.x - j + kKVHeads - 1) / kKVHeads};
+}
+// This block's rows of its group's Wo panel.
+__device__ __forceinline__ void wo_rows(const AttnGroup& g, int& r0, int& r1) {
+  r0 = kHidden * g.rank / g.size;
+  r1 = kHidden * (g.rank + 1) / g.size;
 }
 
 // Stream position `idx` within one token: 4 matrices per layer, then the LM head.
@@ -40,7 +59,11 @@ __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
   const LayerWeights& w = p.layer[idx / kStreamPerLayer];
   switch (idx % kStreamPerLayer) {
     case 0: split_units(kQKVDim, u0, u1); return {w.wqkv, u0, u1 - u0, kHidden};
-    case 1: split_units(kHidden, u0, u1); return {w.wo, u0, u1 - u0, kQDim};
+    case 1: {
+      const AttnGroup g = attn_group();
+      wo_rows(g, u0, u1);
+      return {w.wo, u0, u1 - u0, kGroupDim, kQDim, g.head * kGroupDim};
+    }
     case 2: split_units(kInter, u0, u1); return {w.wgu, 2 * u0, 2 * (u1 - u0), kHidden};  // pairs
     default: split_units(kHidden, u0, u1); return {w.wdown, u0, u1 - u0, kInter};
   }
@@ -174,8 +197,15 @@ struct StreamCursor {
     rps = rows_per_slot(s.K);
   }
   __device__ __forceinline__ bool done(const MkParams& p) const { return step >= p.n_steps; }
-  __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)(s.row0 + r0) * s.K; }
-  __device__ __forceinline__ unsigned bytes() const { return (unsigned)(min(rps, s.nrows - r0) * s.K * 2); }
+  __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)(s.row0 + r0) * s.ld + s.col0; }
+  __device__ __forceinline__ int rows() const { return min(rps, s.nrows - r0); }
+  __device__ __forceinline__ unsigned bytes() const { return (unsigned)(rows() * s.K * 2); }
+  __device__ __forceinline__ bool contiguous() const { return s.ld == s.K; }
+  // 16-byte piece i of the slot's rows in global memory
+  __device__ __forceinline__ const uint4* piece(int i) const {
+    const int per_row = s.K / 8;
+    return reinterpret_cast<const uint4*>(src() + (size_t)(i / per_row) * s.ld) + i % per_row;
+  }
   __device__ __forceinline__ void advance(const MkParams& p) {
     r0 += rps;
     while (r0 >= s.nrows && step < p.n_steps) {  // next non-empty segment
@@ -208,25 +238,37 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
     const unsigned bytes = fill.bytes();
     uint8_t* dst = slots + (size_t)(seq % r.nslots) * kSlotBytes;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p))
-      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.src()), "r"(pf.bytes()) : "memory");
+    for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p)) {
+      if (pf.contiguous()) {
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.src()), "r"(pf.bytes()) : "memory");
+      } else {
+        for (int r = 0; r < pf.rows(); ++r)
+          asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
+                       :: "l"(pf.src() + (size_t)r * pf.s.ld), "r"((unsigned)pf.s.K * 2) : "memory");
+      }
+    }
     if (!producer_wait_empty(p, r, seq)) break;
     // The consumers' last reads of this slot were ordinary (generic-proxy) loads, ordered before
     // this point by the empty mbarrier; the refill is an async-proxy write: order them across proxies.
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     unsigned long long* full = &ctl.full[seq % r.nslots];
     mbar_expect_tx(full, bytes);
-    bulk_copy_g2s(dst, fill.src(), bytes, full, policy);
+    if (fill.contiguous()) {
+      bulk_copy_g2s(dst, fill.src(), bytes, full, policy);
+    } else {  // a column panel: one copy per row
+      const unsigned row_bytes = (unsigned)fill.s.K * 2;
+      for (int r = 0; r < fill.rows(); ++r)
+        bulk_copy_g2s(dst + r * row_bytes, fill.src() + (size_t)r * fill.s.ld, row_bytes, full, policy);
+    }
 #else
     if (!producer_wait_empty(p, r, seq)) break;
-    const uint4* s4 = reinterpret_cast<const uint4*>(fill.src());
     uint4* d4 = reinterpret_cast<uint4*>(dst);
     const int n16 = (int)(bytes / 16);
     constexpr int kPerLane = kSlotBytes / 16 / 32;  // the whole slot in flight: 24 loads a lane
     uint4 v[kPerLane];
 #pragma unroll
     for (int u = 0; u < kPerLane; ++u)
-      if (lane + 32 * u < n16) v[u] = ld_weight16(s4 + lane + 32 * u);
+      if (lane + 32 * u < n16) v[u] = ld_weight16(fill.piece(lane + 32 * u));
 #pragma unroll
     for (int u = 0; u < kPerLane; ++u)
       if (lane + 32 * u < n16) d4[lane + 32 * u] = v[u];
