@@ -53,7 +53,7 @@ def rel_l2(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a.astype(np.float64) - b) / max(np.linalg.norm(b.astype(np.float64)), 1e-30))
 
 
-def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -> dict:
+def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True, lib_path: str | None = None) -> dict:
     with FlatFile(flat_path) as flat:
         cfg, sd = flat.config, flat.to_hf_state_dict()
     ref = Qwen3Reference.from_state_dict(cfg, sd, dtype=torch.float32, max_ctx=steps + 1, device="cuda")
@@ -66,7 +66,7 @@ def validate_flat(flat_path: str, steps: int, seed: int, verbose: bool = True) -
     del ref
     torch.cuda.empty_cache()
 
-    with Engine(flat_path, max_ctx=steps + 48, verify=False, quiet=True) as eng:
+    with Engine(flat_path, max_ctx=steps + 48, verify=False, quiet=True, lib_path=lib_path) as eng:
         rows = []
         for s in range(steps):
             tok = eng.run([int(tokens[s])], s, 1, debug=True)[0]
@@ -98,7 +98,7 @@ def _compare_step(cfg, step, tok, logits, ref_s, hidden=None, hidden_ref=None) -
 
 
 def validate_after_prefill(flat_path: str, context: int, steps: int, seed: int, verbose: bool = True,
-                           chunk: int = 1024) -> dict:
+                           chunk: int = 1024, lib_path: str | None = None) -> dict:
     """Bulk prefill (host/prefill.py) of `context` random tokens, then `steps` teacher-forced
     megakernel steps from there, each against the float32 reference (prefilled in chunks)."""
     with FlatFile(flat_path) as flat:
@@ -113,7 +113,7 @@ def validate_after_prefill(flat_path: str, context: int, steps: int, seed: int, 
     del ref
     torch.cuda.empty_cache()
     toks = [int(t) for t in tokens]
-    with Engine(flat_path, max_ctx=n + 40, verify=False, quiet=True) as eng:
+    with Engine(flat_path, max_ctx=n + 40, verify=False, quiet=True, lib_path=lib_path) as eng:
         eng.prefiller(toks[:context], 0)
         rows = []
         for s in range(steps):
@@ -158,7 +158,13 @@ def main(argv=None) -> int:
                     help="0: teacher-forced from position 0 through the kernel alone; N > 0: bulk prefill "
                          "of N tokens, then the steps from there (e.g. --contexts 0 8192 32768)")
     ap.add_argument("--long-steps", type=int, default=32, help="steps after a prefill of N > 0 tokens")
+    ap.add_argument("--gencode", help="validate a library built with this -gencode value instead of the native "
+                                      "one, e.g. arch=compute_80,code=compute_80 (PTX only, JIT-compiled at load)")
     args = ap.parse_args(argv)
+    lib_path = None
+    if args.gencode:
+        from .launcher import build_library
+        lib_path = build_library(gencode=args.gencode, quiet=True)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in ([0] if args.weights else args.seeds):
@@ -168,8 +174,8 @@ def main(argv=None) -> int:
                 flat = write_random_flat(os.path.join(tmp, f"seed{seed}"), seed=seed, embed_std=args.embed_std,
                                          weight_std=VALIDATION_WEIGHT_STD)
             for context in args.contexts:
-                r = (validate_flat(flat, args.steps, seed) if context == 0
-                     else validate_after_prefill(flat, context, args.long_steps, seed))
+                r = (validate_flat(flat, args.steps, seed, lib_path=lib_path) if context == 0
+                     else validate_after_prefill(flat, context, args.long_steps, seed, lib_path=lib_path))
                 results.append(r)
                 print(f"seed {seed} context {context}: max rel err {r['max_rel_err']:.2e}, checked "
                       f"{r['steps_checked']}/{r['steps']}, mismatches {r['token_mismatches']}, one-launch match "
@@ -178,7 +184,8 @@ def main(argv=None) -> int:
                 os.unlink(flat)
     ok = passed(results)
     report = dict(device=torch.cuda.get_device_name(0), date=datetime.date.today().isoformat(), commit=git_commit(),
-                  seeds=sorted({r["seed"] for r in results}), contexts=args.contexts, steps=args.steps,
+                  build=args.gencode or "native", seeds=sorted({r["seed"] for r in results}), contexts=args.contexts,
+                  steps=args.steps,
                   max_rel_err=max(r["max_rel_err"] for r in results),
                   steps_checked=sum(r["steps_checked"] for r in results),
                   steps_total=sum(r["steps"] for r in results),

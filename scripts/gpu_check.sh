@@ -47,6 +47,28 @@ if has validate; then
   cp results/validate.json "$OUT/" 2>/dev/null
   RESULT[validate]=$(tail -1 "$OUT/validate.log")
 fi
+if has ptx; then  # the portable paths: PTX-only builds (JIT by the driver), validated and timed here
+  for cc in 75 80; do
+    python3 -m megakernel.validate --seeds 0 --steps 64 --contexts 0 8192 --gencode arch=compute_$cc,code=compute_$cc \
+      --json "$OUT/validate_ptx$cc.json" 2>&1 | tee -a "$OUT/ptx.log" | tail -3
+    python3 - "$cc" <<'PY' 2>&1 | tee -a "$OUT/ptx.log"
+import sys, time, os, tempfile
+from megakernel.fixtures import write_random_flat
+from megakernel.launcher import build_library
+from megakernel.engine import Engine
+cc = sys.argv[1]
+lib = build_library(gencode=f"arch=compute_{cc},code=compute_{cc}", quiet=True)
+flat = os.environ.get("WORK", "/tmp/mk_work") + "/rand06b.bin"
+if not os.path.exists(flat):
+    os.replace(write_random_flat(flat[:-4], seed=7), flat)
+with Engine(flat, max_ctx=600, verify=False, quiet=True, lib_path=lib) as eng:
+    eng.run([1], 0, 8)
+    eng.run([1], 0, 512)
+    print(f"ptx compute_{cc}: {512 / (eng.last_ms() / 1e3):.1f} tok/s at ctx 1 (512 tokens in one launch)")
+PY
+  done
+  RESULT[ptx]=$(grep -E "^VALIDATION|tok/s" "$OUT/ptx.log" | tr '\n' ' ')
+fi
 if has bench; then
   python3 -m megakernel.benchmark --json results/bench.json --plot results/bench.png ${BENCH_ARGS:-} 2>&1 | tee "$OUT/bench.log"
   cp results/bench.json results/bench.png "$OUT/" 2>/dev/null
@@ -65,6 +87,6 @@ fi
 echo
 echo "==================== gpu_check summary ($(date -u +%F) commit $MK_COMMIT) ===================="
 nvidia-smi --query-gpu=name --format=csv,noheader
-for k in build harness tests validate bench notebook; do
+for k in build harness tests validate ptx bench notebook; do
   [ -n "${RESULT[$k]:-}" ] && printf "%-10s %s\n" "$k" "${RESULT[$k]}"
 done

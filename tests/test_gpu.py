@@ -85,12 +85,31 @@ def test_grid_too_large_is_refused(flat, engine):
         Engine(flat, max_ctx=64, grid=engine.sms * 4 + 1, quiet=True)
 
 
-def test_other_grid_sizes_give_the_same_tokens(flat, engine):
+@pytest.mark.parametrize("grid", ["half", 8])  # 8: one block per KV-head group
+def test_other_grid_sizes_give_the_same_tokens(flat, engine, grid):
     from megakernel.engine import Engine
     prompt = [21, 22, 23, 24]
     ref = engine.generate(prompt, 16)
-    with Engine(flat, max_ctx=64, grid=engine.sms // 2, quiet=True) as half:
-        assert half.generate(prompt, 16) == ref
+    with Engine(flat, max_ctx=64, grid=engine.sms // 2 if grid == "half" else grid, quiet=True) as other:
+        assert other.generate(prompt, 16) == ref
+
+
+def test_grid_below_one_block_per_kv_head_is_refused(flat):
+    from megakernel.engine import Engine
+    with pytest.raises(CudaError, match="at least 8 are needed"):
+        Engine(flat, max_ctx=64, grid=7, quiet=True)
+
+
+@pytest.mark.parametrize("cc", [75, 80])
+def test_ptx_only_build_gives_the_native_tokens(flat, engine, cc):
+    # the portable paths (no bulk copies, mbarriers or L2 prefetch), JIT-compiled by the driver
+    from megakernel.engine import Engine
+    from megakernel.launcher import build_library
+    lib = build_library(gencode=f"arch=compute_{cc},code=compute_{cc}", quiet=True)
+    prompt = [int(t) for t in os.urandom(12)]
+    ref = engine.generate(prompt, 24)
+    with Engine(flat, max_ctx=64, quiet=True, lib_path=lib) as eng:
+        assert eng.generate(prompt, 24) == ref
 
 
 @pytest.mark.parametrize("prompt,n,fragment", [
