@@ -20,19 +20,21 @@ fi
 export MK_COMMIT=${MK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used,memory.total --format=csv,noheader
 has() { [[ " $STAGES " == *" $1 "* ]]; }
+RAND_FLAT="$WORK/rand06b.bin"  # a random checkpoint of the real shapes, converted once per machine
+rand_flat() {
+  [ -f "$RAND_FLAT" ] || python3 -c "
+from megakernel.fixtures import write_random_flat; import os
+os.replace(write_random_flat('${RAND_FLAT%.bin}', seed=7), '$RAND_FLAT')" || true
+}
 
 if has build; then
   make -j4 all lib 2>&1 | grep -E "error|registers|stack frame|spill" | tee "$OUT/build.log"
   [ -x build/megakernel ] && RESULT[build]=ok || RESULT[build]=FAILED
 fi
 if has harness; then
-  if [ ! -f "$WORK/rand06b.bin" ]; then
-    python3 -c "
-from megakernel.fixtures import write_random_flat; import os
-os.replace(write_random_flat('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')" || true
-  fi
+  rand_flat
   for ctx in 1 128 1024; do
-    build/megakernel "$WORK/rand06b.bin" --steps 512 --ctx $ctx 2>&1 | tee -a "$OUT/harness.log" | tail -1
+    build/megakernel "$RAND_FLAT" --steps 512 --ctx $ctx 2>&1 | tee -a "$OUT/harness.log" | tail -1
   done
   RESULT[harness]=$(grep -o "[0-9.]* tok/s.*roofline$" "$OUT/harness.log" | head -1 | awk '{print $1" tok/s, "$(NF-2)" of roofline"}')
 fi
@@ -48,19 +50,16 @@ if has validate; then
   RESULT[validate]=$(tail -1 "$OUT/validate.log")
 fi
 if has ptx; then  # the portable paths: PTX-only builds (JIT by the driver), validated and timed here
+  rand_flat
   for cc in 75 80; do
     python3 -m megakernel.validate --seeds 0 --steps 64 --contexts 0 8192 --gencode arch=compute_$cc,code=compute_$cc \
       --json "$OUT/validate_ptx$cc.json" 2>&1 | tee -a "$OUT/ptx.log" | tail -3
-    python3 - "$cc" <<'PY' 2>&1 | tee -a "$OUT/ptx.log"
-import sys, time, os, tempfile
-from megakernel.fixtures import write_random_flat
+    python3 - "$cc" "$RAND_FLAT" <<'PY' 2>&1 | tee -a "$OUT/ptx.log"
+import sys
 from megakernel.launcher import build_library
 from megakernel.engine import Engine
-cc = sys.argv[1]
+cc, flat = sys.argv[1], sys.argv[2]
 lib = build_library(gencode=f"arch=compute_{cc},code=compute_{cc}", quiet=True)
-flat = os.environ.get("WORK", "/tmp/mk_work") + "/rand06b.bin"
-if not os.path.exists(flat):
-    os.replace(write_random_flat(flat[:-4], seed=7), flat)
 with Engine(flat, max_ctx=600, verify=False, quiet=True, lib_path=lib) as eng:
     eng.run([1], 0, 8)
     eng.run([1], 0, 512)
