@@ -68,17 +68,12 @@ __device__ __forceinline__ bool load_residual(const MkParams& p, BlockControl& c
   return true;
 }
 
-// The counted words of (step, layer): Wo * attention summed over the KV-head groups (params.cuh).
-__device__ __forceinline__ unsigned long long* hred_words(const MkParams& p, int step, int layer) {
-  return p.hred + ((size_t)(step & 1) * kLayers + layer) * kHidden;
-}
-
 // Waits until every KV-head group has added its attention output into the counted words of
 // (step, layer) and adds their sum to ctl.h_full (the residual after attention); loads that into
 // x. False when the launch must stop.
 __device__ __forceinline__ bool load_residual_attn(const MkParams& p, BlockControl& ctl, int step, int layer,
                                                    float (&x)[kHidden / 32]) {
-  const unsigned long long* src = hred_words(p, step, layer);
+  const unsigned long long* src = p.hred + ((size_t)(step & 1) * kLayers + layer) * kHidden;
   float* h = ctl.h_full;
   if (!stage_words<kHidden>(
           p, ctl, src, kHidden, [](unsigned long long w) { return counted_count(w) == (unsigned)kKVHeads; },
@@ -111,7 +106,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
     // passed): zero this block's rows of them (barriers.cuh, 1b).
     if (step + 1 < p.n_steps && !p.lm_only_hidden)
       for (int i = threadIdx.x; i < kLayers * (own1 - own0); i += kConsumerWarps * 32)
-        hred_words(p, step + 1, i / (own1 - own0))[own0 + i % (own1 - own0)] = 0ull;
+        p.hred[((size_t)((step + 1) & 1) * kLayers + i / (own1 - own0)) * kHidden + own0 + i % (own1 - own0)] = 0ull;
     consumer_sync();  // the table is read by every warp's attention; the previous step's readers are done
     int idx = 0;  // stream position within the token
     for (int L = 0; L < (p.lm_only_hidden ? 0 : kLayers); ++L) {
@@ -150,7 +145,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         float xo[kGroupDim / 32];
         load_x_smem<kGroupDim>(ctl.attn_o, xo);
         stamp(p, step, 5 * L + 2, 0);
-        unsigned long long* hred = hred_words(p, step, L);
+        unsigned long long* hred = p.hred + ((size_t)(step & 1) * kLayers + L) * kHidden;
         gemv_stage<kGroupDim>(p, ring, xo, stream_segment(p, idx++), step, 2,
                               [&](int row0, int rows, const auto& acc) {
                                 if (lane < rows) red_add_counted(hred + row0 + lane, pick(acc, lane));

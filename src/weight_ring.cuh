@@ -200,11 +200,7 @@ struct StreamCursor {
   __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)(s.row0 + r0) * s.ld + s.col0; }
   __device__ __forceinline__ int rows() const { return min(rps, s.nrows - r0); }
   __device__ __forceinline__ unsigned bytes() const { return (unsigned)(rows() * s.K * 2); }
-  // The slot's rows in global memory as contiguous runs: one for whole rows, one per row of a
-  // column panel.
-  __device__ __forceinline__ int runs() const { return s.ld == s.K ? 1 : rows(); }
-  __device__ __forceinline__ unsigned run_bytes() const { return s.ld == s.K ? bytes() : (unsigned)s.K * 2; }
-  __device__ __forceinline__ const bf16_t* run_src(int r) const { return src() + (size_t)r * s.ld; }
+  __device__ __forceinline__ bool contiguous() const { return s.ld == s.K; }
   // 16-byte piece i of the slot's rows in global memory
   __device__ __forceinline__ const uint4* piece(int i) const {
     const int per_row = s.K / 8;
@@ -242,17 +238,28 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
     const unsigned bytes = fill.bytes();
     uint8_t* dst = slots + (size_t)(seq % r.nslots) * kSlotBytes;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p))
-      for (int r = 0; r < pf.runs(); ++r)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.run_src(r)), "r"(pf.run_bytes()) : "memory");
+    for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p)) {
+      if (pf.contiguous()) {
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.src()), "r"(pf.bytes()) : "memory");
+      } else {
+        for (int r = 0; r < pf.rows(); ++r)
+          asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;"
+                       :: "l"(pf.src() + (size_t)r * pf.s.ld), "r"((unsigned)pf.s.K * 2) : "memory");
+      }
+    }
     if (!producer_wait_empty(p, r, seq)) break;
     // The consumers' last reads of this slot were ordinary (generic-proxy) loads, ordered before
     // this point by the empty mbarrier; the refill is an async-proxy write: order them across proxies.
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     unsigned long long* full = &ctl.full[seq % r.nslots];
     mbar_expect_tx(full, bytes);
-    for (int r = 0; r < fill.runs(); ++r)
-      bulk_copy_g2s(dst + r * fill.run_bytes(), fill.run_src(r), fill.run_bytes(), full, policy);
+    if (fill.contiguous()) {
+      bulk_copy_g2s(dst, fill.src(), bytes, full, policy);
+    } else {  // a column panel: one copy per row
+      const unsigned row_bytes = (unsigned)fill.s.K * 2;
+      for (int r = 0; r < fill.rows(); ++r)
+        bulk_copy_g2s(dst + r * row_bytes, fill.src() + (size_t)r * fill.s.ld, row_bytes, full, policy);
+    }
 #else
     if (!producer_wait_empty(p, r, seq)) break;
     uint4* d4 = reinterpret_cast<uint4*>(dst);
