@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build, GPU tests, validation, benchmark; a summary table last.
-#   scripts/gpu_check.sh            everything
-#   STAGES="build harness validate" scripts/gpu_check.sh    a subset ("notebook" runs the notebook)
+#   scripts/gpu_check.sh            build, harness, GPU tests, validation, benchmark
+#   STAGES="build harness validate" scripts/gpu_check.sh    a subset; also "ptx", "sanitize",
+#   "reliability" (determinism + soak) and "notebook", which the default leaves out
 # Logs and JSON go to $OUT (the device tool brings them back) or /tmp/gpu_check.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -74,6 +75,17 @@ if has bench; then
   RESULT[bench]=$(grep -m1 "megakernel @ ctx" "$OUT/bench.log" || echo "see bench.log")
 fi
 
+if has sanitize; then  # compute-sanitizer, four tools, over an 8-token decode (scripts/sanitize.sh)
+  OUT="$OUT" scripts/sanitize.sh 2>&1 | tee "$OUT/sanitize.log" | tail -6
+  RESULT[sanitize]=$(grep -A4 "compute-sanitizer verdicts" "$OUT/sanitize.log" | tail -4 | cut -c1-150 | tr '\n' '|')
+fi
+if has reliability; then  # determinism (100 repeats, grid sizes) and the soak, JSON reports in results/
+  rand_flat
+  python3 -m megakernel.reliability determinism --weights "$RAND_FLAT" --json results/determinism.json 2>&1 | tee "$OUT/determinism.log" | tail -12
+  python3 -m megakernel.reliability soak --weights "$RAND_FLAT" ${SOAK_ARGS:-} --json results/soak.json 2>&1 | tee "$OUT/soak.log" | tail -16
+  cp results/determinism.json results/soak.json "$OUT/" 2>/dev/null
+  RESULT[reliability]="$(tail -1 "$OUT/determinism.log") $(tail -1 "$OUT/soak.log")"
+fi
 if has notebook; then  # needs nbclient + ipykernel: carried wheels in .whl/ (see RESEARCH.md) or installed
   if [ -d .whl ]; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
@@ -86,6 +98,6 @@ fi
 echo
 echo "==================== gpu_check summary ($(date -u +%F) commit $MK_COMMIT) ===================="
 nvidia-smi --query-gpu=name --format=csv,noheader
-for k in build harness tests validate ptx bench notebook; do
+for k in build harness tests validate ptx bench sanitize reliability notebook; do
   [ -n "${RESULT[$k]:-}" ] && printf "%-10s %s\n" "$k" "${RESULT[$k]}"
 done

@@ -117,14 +117,24 @@ __device__ __forceinline__ bool stage_words_at(const MkParams& p, BlockControl& 
   const int pairs = n / 2;
   ulonglong2 v[kPer];
   bool have[kPer];
+#if MK_EXP & 8
+  const long long e0 = clock64_after(0.f);
+#endif
 #pragma unroll
   for (int u = 0; u < kPer; ++u) {  // all loads in flight first
     const int i = threadIdx.x + u * kThreads;
     if (i < pairs) v[u] = ll_load2(pair_src(i));
   }
+#if MK_EXP & 8  // timing builds: cycles of one L2 round trip (thread 0's first poll) and poll rounds
+  const long long e1 = clock64_after(__uint_as_float((uint32_t)v[0].x));
+  unsigned rounds_dbg = 0;
+#endif
   bool ok = true;
   uint64_t t0 = 0;
   for (unsigned round = 0;; ++round) {
+#if MK_EXP & 8
+    rounds_dbg = round;
+#endif
     bool all = true;
 #pragma unroll
     for (int u = 0; u < kPer; ++u) {
@@ -152,6 +162,14 @@ __device__ __forceinline__ bool stage_words_at(const MkParams& p, BlockControl& 
     }
   }
   if (!ok) ctl.abort = 1;
+#if MK_EXP & 8
+  if (step == 1 && threadIdx.x == 0) {
+    unsigned long long* d = p.dbg_times + (size_t)gridDim.x * (5 * kLayers + 1) * 2;
+    atomicAdd(d + 32, (unsigned long long)(e1 - e0));
+    atomicAdd(d + 33, (unsigned long long)rounds_dbg);
+    atomicAdd(d + 34, 1ull);
+  }
+#endif
   consumer_sync();
   return !ctl.abort;
 }

@@ -83,7 +83,21 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 #else
     if (ring.wait_full(p, seq, step)) {
 #endif
+#if MK_EXP & 8  // timing builds: cycles of the slot's dot product (step 1)
+      const long long c0 = clock64_after(0.f);
       dot(ring.slot_ptr(seq), acc);
+      float s1 = 0.f;
+#pragma unroll
+      for (int r = 0; r < RPS; ++r) s1 += acc[r];
+      const long long c1 = clock64_after(s1);
+      if (step == 1 && (threadIdx.x & 31) == 0) {
+        unsigned long long* d = p.dbg_times + (size_t)gridDim.x * (5 * kLayers + 1) * 2;
+        atomicAdd(d + 8 + stage_kind, (unsigned long long)(c1 - c0));
+        atomicAdd(d + 24 + stage_kind, 1ull);
+      }
+#else
+      dot(ring.slot_ptr(seq), acc);
+#endif
       ring.release(seq);
     } else {
 #pragma unroll

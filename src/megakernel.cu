@@ -317,7 +317,7 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   p.cur_token = (int*)(ctl + 32);
   p.stop = p.cur_token + 1;
   p.eos_ids = (const int*)take(64 * 4);
-  p.dbg_times = (unsigned long long*)take(((size_t)e->grid * kTimedStages * 2 + 8) * 8);
+  p.dbg_times = (unsigned long long*)take(((size_t)e->grid * kTimedStages * 2 + 40) * 8);
   return off;
 }
 
@@ -609,7 +609,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   if (n_forced) MK_TRY(cudaMemcpy(e->d_tokens, forced, n_forced * sizeof(int), cudaMemcpyHostToDevice));
   MK_TRY(cudaMemset(p.sync, 0, 256));
   MK_TRY(cudaMemset(p.hred, 0, kHredBytes));
-  if (MK_EXP & 4) MK_TRY(cudaMemset(p.dbg_times, 0, ((size_t)e->grid * kTimedStages * 2 + 8) * 8));
+  if (MK_EXP & 4) MK_TRY(cudaMemset(p.dbg_times, 0, ((size_t)e->grid * kTimedStages * 2 + 40) * 8));
   // Tags of this launch are new: nothing left by an earlier (even failed) launch can match.
   e->p.tag_base = p.tag_base + (uint32_t)((n_steps + 1) * kLayers * kTagsPerLayer + 8);
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
@@ -718,7 +718,7 @@ int main(int argc, char** argv) {
 #if MK_EXP & 4
   {  // where step 1 spent its time: per stage kind, medians over layers (microseconds)
     const int G = e->grid;
-    std::vector<unsigned long long> t((size_t)G * kTimedStages * 2 + 8);
+    std::vector<unsigned long long> t((size_t)G * kTimedStages * 2 + 40);
     CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_times, t.size() * 8, cudaMemcpyDeviceToHost));
     auto T = [&](int b, int s, int k) { return (double)t[((size_t)b * kTimedStages + s) * 2 + k]; };
     const char* names[6] = {"qkv", "attn", "o", "gateup", "down", "lm"};
@@ -743,6 +743,29 @@ int main(int argc, char** argv) {
     for (int k = 0; k < 6; ++k)
       printf("%-7s %6.2f %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]),
              ring_wait[k] / 1e3 / G / kConsumerWarps / (k == 5 ? 1 : kLayers));
+    if ((MK_EXP & 8) && ring_wait[34])
+      printf("activation polls: first L2 round trip %.0f cycles, %.2f poll rounds (%llu waits)\n",
+             (double)ring_wait[32] / ring_wait[34], (double)ring_wait[33] / ring_wait[34], ring_wait[34]);
+    {  // each block's own time from its input ready to its warp 0 done, and its poll latency
+      for (int k = 0; k < 5; ++k) {
+        std::vector<double> own, lat_b;
+        for (int s = 1; s < kTimedStages - 1; ++s) {
+          if (s % 5 != k) continue;
+          double prev_done = 0;
+          for (int b = 0; b < G; ++b) prev_done = std::max(prev_done, T(b, s - 1, 1));
+          for (int b = 0; b < G; ++b) { own.push_back((T(b, s, 1) - T(b, s, 0)) / 1e3); lat_b.push_back((T(b, s, 0) - prev_done) / 1e3); }
+        }
+        std::sort(own.begin(), own.end());
+        std::sort(lat_b.begin(), lat_b.end());
+        printf("%-7s own work median %.2f p90 %.2f max %.2f | ready after last input: median %.2f p90 %.2f max %.2f\n", names[k],
+               own[own.size() / 2], own[own.size() * 9 / 10], own.back(), lat_b[lat_b.size() / 2], lat_b[lat_b.size() * 9 / 10], lat_b.back());
+      }
+    }
+    if (MK_EXP & 8)
+      for (int k = 0; k < 6; ++k)
+        if (ring_wait[24 + k])
+          printf("dot %-7s %.0f cycles per slot (%llu slots)\n", names[k], (double)ring_wait[8 + k] / ring_wait[24 + k],
+                 ring_wait[24 + k]);
   }
 #endif
   const double bw = mk_measure_read_bandwidth(4.0, 9);

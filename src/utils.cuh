@@ -79,6 +79,13 @@ __device__ __forceinline__ void red_release_gpu_add(unsigned* p, unsigned v) {
 #endif
 }
 
+// clock64 read after v is computed (timing builds: the input orders it after v's producers).
+__device__ __forceinline__ long long clock64_after(float v) {
+  long long t;
+  asm volatile("{ .reg .f32 d; mov.f32 d, %1; mov.u64 %0, %%clock64; }" : "=l"(t) : "f"(v) : "memory");
+  return t;
+}
+
 __device__ __forceinline__ uint64_t global_timer_ns() {
   uint64_t t;
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));

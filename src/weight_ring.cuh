@@ -6,7 +6,10 @@
 //
 //   sm_90+:  one lane issues cp.async.bulk (the TMA copy engine) per slot, completion tracked
 //            by an mbarrier per slot (full), slots handed back through a second one (empty).
-//   older:   the producer warp copies with 16-byte loads and stores (a whole slot in flight),
+//   sm_80-89: the producer warp's 32 lanes issue 16-byte cp.async copies for a slot and one
+//            cp.async.mbarrier.arrive each: the slot's full mbarrier completes when every copy
+//            has landed, so as many slots are in flight as the ring has free (MK_RING_MBAR).
+//   sm_75:   the producer warp copies with 16-byte loads and stores (a whole slot in flight),
 //            and hands slots over through volatile shared-memory flags.
 // Both sides walk the same sequence of segments (stream_segment), so slot number `seq` means
 // the same rows to the producer and to the consumers.
@@ -69,23 +72,44 @@ __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
   }
 }
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// ---- mbarrier primitives (sm_90) --------------------------------------------------------------
+// The ring's slots are handed over through mbarriers on sm_80+ (full: copies landed; empty:
+// the consuming warp is done), through volatile flags on sm_75.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define MK_RING_MBAR 1
+#else
+#define MK_RING_MBAR 0
+#endif
+
+#if MK_RING_MBAR
+// ---- mbarrier primitives (sm_80+) -------------------------------------------------------------
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 __device__ __forceinline__ void mbar_init(unsigned long long* bar, unsigned count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" :: "r"(smem_addr(bar)), "r"(count));
 }
+// True once the phase with this parity has completed (acquire: the slot's data is visible).
 __device__ __forceinline__ bool mbar_try_wait(unsigned long long* bar, unsigned parity) {
   unsigned ok;
+#if __CUDA_ARCH__ >= 900
   asm volatile("{ .reg .pred P; mbarrier.try_wait.parity.shared::cta.b64 P, [%1], %2; selp.b32 %0, 1, 0, P; }"
                : "=r"(ok) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+#else
+  asm volatile("{ .reg .pred P; mbarrier.test_wait.parity.shared::cta.b64 P, [%1], %2; selp.b32 %0, 1, 0, P; }"
+               : "=r"(ok) : "r"(smem_addr(bar)), "r"(parity) : "memory");
+#endif
   return ok != 0;
 }
 __device__ __forceinline__ void mbar_arrive(unsigned long long* bar) {
+#if __CUDA_ARCH__ >= 900
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" :: "r"(smem_addr(bar)) : "memory");
+#else
+  asm volatile("{ .reg .b64 state; mbarrier.arrive.shared::cta.b64 state, [%0]; }" :: "r"(smem_addr(bar)) : "memory");
+#endif
 }
+#endif
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 __device__ __forceinline__ void mbar_expect_tx(unsigned long long* bar, unsigned bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
                :: "r"(smem_addr(bar)), "r"(bytes) : "memory");
@@ -97,6 +121,18 @@ __device__ __forceinline__ void bulk_copy_g2s(void* dst, const void* src, unsign
   asm volatile(
       "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;"
       :: "r"(smem_addr(dst)), "l"(src), "r"(bytes), "r"(smem_addr(bar)), "l"(policy) : "memory");
+}
+#endif
+
+#if MK_RING_MBAR && __CUDA_ARCH__ < 900
+// sm_80-89: one lane's 16-byte global -> shared copy, and the arrive on `bar` once every copy
+// this lane issued before has landed. (No L2 cache hint: with one, the H100 stopped on an
+// illegal instruction running this path's PTX; RESEARCH.md.)
+__device__ __forceinline__ void cp_async16(void* dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" :: "r"(smem_addr(dst)), "l"(src) : "memory");
+}
+__device__ __forceinline__ void cp_async_arrive(unsigned long long* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" :: "r"(smem_addr(bar)) : "memory");
 }
 #endif
 
@@ -113,15 +149,25 @@ struct Ring {
   // Whole warp. False on timeout or when the launch is failing; the data must then be ignored.
   __device__ __forceinline__ bool wait_full(const MkParams& p, uint32_t seq, int step) const {
     const unsigned slot = seq % nslots, fill = seq / nslots;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (mbar_try_wait(&ctl->full[slot], fill & 1)) return true;
+#if MK_RING_MBAR
+    if (
+#if __CUDA_ARCH__ < 900
+        ctl->full_flag[slot] >= (int)fill + 1 &&  // issued (see producer_main)
+#endif
+        mbar_try_wait(&ctl->full[slot], fill & 1))
+      return true;
 #else
     if (ctl->full_flag[slot] == (int)fill + 1) { __threadfence_block(); return true; }
 #endif
     const uint64_t t0 = global_timer_ns();
     for (unsigned it = 1;; ++it) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-      if (mbar_try_wait(&ctl->full[slot], fill & 1)) return true;
+#if MK_RING_MBAR
+      if (
+#if __CUDA_ARCH__ < 900
+          ctl->full_flag[slot] >= (int)fill + 1 &&
+#endif
+          mbar_try_wait(&ctl->full[slot], fill & 1))
+        return true;
 #else
       if (ctl->full_flag[slot] == (int)fill + 1) { __threadfence_block(); return true; }
 #endif
@@ -139,7 +185,7 @@ struct Ring {
   __device__ __forceinline__ void release(uint32_t seq) const {
     __syncwarp();
     if ((threadIdx.x & 31) == 0) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if MK_RING_MBAR
       mbar_arrive(&ctl->empty[seq % nslots]);
 #else
       __threadfence_block();
@@ -152,8 +198,12 @@ struct Ring {
 __device__ __forceinline__ void ring_init(BlockControl& ctl, int nslots) {
   if (threadIdx.x == 0) {
     for (int s = 0; s < nslots; ++s) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if MK_RING_MBAR
+#if __CUDA_ARCH__ >= 900
       mbar_init(&ctl.full[s], 1);   // the producer's arrive.expect_tx
+#else
+      mbar_init(&ctl.full[s], 32);  // every producer lane's cp.async arrive
+#endif
       mbar_init(&ctl.empty[s], 1);  // the consuming warp's arrive
 #endif
       ctl.full_flag[s] = 0;
@@ -164,6 +214,7 @@ __device__ __forceinline__ void ring_init(BlockControl& ctl, int nslots) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #endif
+    // (sm_80-89: the __syncthreads after ring_init orders the initializations before any use.)
   }
 }
 
@@ -173,7 +224,7 @@ __device__ __forceinline__ bool producer_wait_empty(const MkParams& p, const Rin
   const unsigned slot = seq % r.nslots, prev_fill = seq / r.nslots - 1;
   const uint64_t t0 = global_timer_ns();
   for (unsigned it = 0;; ++it) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if MK_RING_MBAR
     if (mbar_try_wait(&r.ctl->empty[slot], prev_fill & 1)) return true;
 #else
     if (r.ctl->empty_flag[slot] >= (int)prev_fill + 1) return true;
@@ -260,6 +311,15 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
       for (int r = 0; r < fill.rows(); ++r)
         bulk_copy_g2s(dst + r * row_bytes, fill.src() + (size_t)r * fill.s.ld, row_bytes, full, policy);
     }
+#elif MK_RING_MBAR  // sm_80-89: every lane copies its 16-byte pieces; no lane waits for them
+    if (!producer_wait_empty(p, r, seq)) break;
+    const int n16 = (int)(bytes / 16);
+    for (int i = lane; i < n16; i += 32) cp_async16(dst + (size_t)i * 16, fill.piece(i));
+    cp_async_arrive(&ctl.full[seq % r.nslots]);
+    // Fills issued per slot: a consumer waits for fill f only after fill f was issued, so the
+    // parity it tests cannot be an older phase's (any ring depth; sm_90 binds slots to warps).
+    __syncwarp();
+    if (lane == 0) ctl.full_flag[seq % r.nslots] = (int)(seq / r.nslots) + 1;
 #else
     if (!producer_wait_empty(p, r, seq)) break;
     uint4* d4 = reinterpret_cast<uint4*>(dst);
@@ -279,6 +339,9 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
     }
 #endif
   }
+#if MK_RING_MBAR && __CUDA_ARCH__ < 900
+  asm volatile("cp.async.wait_all;" ::: "memory");  // copies in flight land before the block exits
+#endif
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // Copies still in flight must land before the block's shared memory goes away.
   const uint32_t first = seq > (uint32_t)r.nslots ? seq - r.nslots : 0;

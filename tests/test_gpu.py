@@ -176,3 +176,64 @@ def test_kv_cache_that_does_not_fit_is_refused_with_sizes(flat):
     finally:
         del hog
         torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------- refused input leaves nothing behind
+def _free_gpu_bytes():
+    import torch
+    torch.cuda.synchronize()
+    return torch.cuda.mem_get_info()[0]
+
+
+def _damaged_copy(flat, out, how):
+    """A copy of the flat file, damaged as `how` says, and the message fragment expected."""
+    import shutil
+    from megakernel.layout import HEADER_FIELDS, HEADER_STRUCT
+    if how == "other_size":  # a whole flat file of a smaller Qwen3
+        from megakernel.fixtures import tiny_config
+        return write_random_flat(os.path.dirname(out), tiny_config(), seed=3), "model dimensions"
+    shutil.copyfile(flat, out)
+    if how == "truncated":
+        with open(out, "r+b") as f:
+            f.truncate(os.path.getsize(flat) - 4096)
+        return out, "truncated"
+    with open(out, "r+b") as f:  # "old_version": a file from format version 0
+        values = list(HEADER_STRUCT.unpack_from(f.read(HEADER_STRUCT.size), 0))
+        values[[n for n, _, _ in HEADER_FIELDS].index("version")] = 0
+        f.seek(0)
+        f.write(HEADER_STRUCT.pack(*values))
+    return out, "format version 0"
+
+
+@pytest.mark.parametrize("how", ["truncated", "old_version", "other_size"])
+def test_bad_flat_file_refused_with_nothing_allocated(flat, engine, tmp_path, how):
+    import ctypes
+    from megakernel.engine import Engine
+    bad, fragment = _damaged_copy(flat, str(tmp_path / "bad.bin"), how)
+    files = sorted(os.listdir(tmp_path))
+    before = _free_gpu_bytes()
+    # the C API (the library built for Qwen3-0.6B) refuses before allocating anything
+    err = ctypes.create_string_buffer(1024)
+    assert not engine.lib.mk_create(bad.encode(), 64, 1, 0, err, len(err))
+    assert fragment in err.value.decode(), err.value.decode()
+    assert _free_gpu_bytes() == before, "a refused mk_create left GPU memory allocated"
+    if how != "other_size":  # (Engine builds a library for another model size: not an error there)
+        with pytest.raises(MegakernelError, match=fragment):
+            Engine(bad, max_ctx=64, quiet=True)
+        assert _free_gpu_bytes() == before, "a refused Engine left GPU memory allocated"
+    assert sorted(os.listdir(tmp_path)) == files, "a refused file had something written beside it"
+
+
+@pytest.mark.parametrize("prompt,n", [([], 4), ([1, 2, 10**9], 4), (list(range(500)), 100)])
+def test_refused_generation_changes_nothing(engine, prompt, n):
+    engine.generate([7, 8, 9], 5)
+    state = (engine.pos, engine.pending_token)
+    before = _free_gpu_bytes()
+    with pytest.raises(MegakernelError):
+        engine.generate(prompt, n)
+    assert (engine.pos, engine.pending_token) == state, "a refused call moved the conversation"
+    assert _free_gpu_bytes() == before
+    # and the conversation continues as if the refused call had not happened
+    cont = engine.generate([10], 3, reset=False)
+    engine.generate([7, 8, 9], 5)
+    assert engine.generate([10], 3, reset=False) == cont

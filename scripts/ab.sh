@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Same-machine A/B of kernel versions and tuning knobs (code generation alone moves this kernel by
+# ~13%: compare only within one call). Builds the harness of commit $BASE (default HEAD) and of
+# the working tree, then runs alternating rounds:
+#   BASE=HEAD CTXS="1 1024" STEPS=512 ROUNDS=2 VARIANTS="inflight4:MK_INFLIGHT=4 pf0:MK_PREFETCH_SLOTS=0" scripts/ab.sh
+# Each variant is "name:VAR=value,VAR=value" and runs the working tree's build with those
+# environment variables; "base" and "new" (no variables) always run. EXP=4 adds the per-stage
+# breakdown (MK_EXP=4 builds) of base and new at the first context.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path" build
+ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
+[ -f "$WORK/rand06b.bin" ] || python3 -c "
+from megakernel.fixtures import write_random_flat; import os
+os.replace(write_random_flat('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')"
+BASE=${BASE:-HEAD}
+rm -rf "$WORK/base" && mkdir -p "$WORK/base" && git archive "$BASE" src | tar -x -C "$WORK/base"
+NV="nvcc -O3 -std=c++17 -arch=sm_90 -DMK_STANDALONE"
+$NV -I"$WORK/base/src" -o build/ab_base "$WORK/base/src/megakernel.cu" &
+$NV -Isrc -o build/ab_new src/megakernel.cu &
+if [ -n "${EXP:-}" ]; then
+  $NV -I"$WORK/base/src" -DMK_EXP=$EXP -o build/ab_base_exp "$WORK/base/src/megakernel.cu" &
+  $NV -Isrc -DMK_EXP=$EXP -o build/ab_new_exp src/megakernel.cu &
+fi
+wait
+run() {  # name binary env... ; prints "name ctx tok/s pct"
+  local name=$1 bin=$2 ctx=$3; shift 3
+  env "$@" timeout 120 "$bin" "$WORK/rand06b.bin" --steps ${STEPS:-512} --ctx "$ctx" 2>&1 | tail -1 |
+    awk -v n="$name" -v c="$ctx" '/tok\/s/ {for (i = 1; i <= NF; i++) if ($i == "tok/s,") t = $(i-1); print n, "ctx", c, t, $(NF-2); next} {print n, "ctx", c, "FAILED:", $0}'
+}
+for round in $(seq ${ROUNDS:-2}); do
+  for ctx in ${CTXS:-1 1024}; do
+    run base build/ab_base "$ctx"
+    run new build/ab_new "$ctx"
+    for v in ${VARIANTS:-}; do
+      IFS=, read -ra envs <<< "${v#*:}"
+      run "${v%%:*}" build/ab_new "$ctx" "${envs[@]}"
+    done
+  done
+done
+if [ -n "${EXP:-}" ]; then
+  ctx=$(echo ${CTXS:-1} | awk '{print $1}')
+  for b in base new; do
+    echo "== breakdown $b ctx $ctx"; timeout 120 build/ab_${b}_exp "$WORK/rand06b.bin" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
+  done
+  for v in ${EXP_VARIANTS:-}; do
+    IFS=, read -ra envs <<< "${v#*:}"
+    echo "== breakdown ${v%%:*} ctx $ctx"; env "${envs[@]}" timeout 120 build/ab_new_exp "$WORK/rand06b.bin" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
+  done
+fi

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# compute-sanitizer over a full decode through the megakernel (4 prompt tokens + 8 new, the
+# kernel's own prefill path: no PyTorch kernels), once per tool; a verdict line per tool last.
+#   scripts/sanitize.sh [memcheck racecheck synccheck initcheck]
+# The kernel's spin-waits get a long timeout: instrumented code runs orders of magnitude slower.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp/sanitize}; mkdir -p "$OUT"
+WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path"
+if ! python3 -c "import megakernel" 2>/dev/null; then ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"; fi
+export MK_TIMEOUT_MS=${MK_TIMEOUT_MS:-300000}
+FLAT="$WORK/rand06b.bin"
+[ -f "$FLAT" ] || python3 -c "
+from megakernel.fixtures import write_random_flat; import os
+os.replace(write_random_flat('$WORK/rand06b', seed=7), '$FLAT')"
+python3 -c "from megakernel.launcher import build_library; build_library(quiet=True)"  # built outside the tool
+declare -A VERDICT
+for tool in ${*:-memcheck racecheck synccheck initcheck}; do
+  extra=""
+  [ "$tool" = memcheck ] && extra="--leak-check full"
+  [ "$tool" = racecheck ] && extra="--racecheck-report all"
+  start=$(date +%s)
+  timeout ${SANITIZE_TIMEOUT:-400} compute-sanitizer --tool "$tool" $extra --print-limit 20 \
+    python3 -m megakernel.reliability decode --weights "$FLAT" --steps 8 > "$OUT/sanitize_$tool.log" 2>&1
+  rc=$?
+  summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY" "$OUT/sanitize_$tool.log" | tr '\n' ' ')
+  tokens=$(grep -o "decode: .*" "$OUT/sanitize_$tool.log" | head -1)
+  VERDICT[$tool]="rc=$rc $(( $(date +%s) - start )) s; ${summary:-no summary}; ${tokens:-no tokens}"
+  tail -5 "$OUT/sanitize_$tool.log"
+done
+echo "== compute-sanitizer verdicts ($(date -u +%F), $(nvidia-smi --query-gpu=name --format=csv,noheader))"
+for tool in ${*:-memcheck racecheck synccheck initcheck}; do printf "%-10s %s\n" "$tool" "${VERDICT[$tool]}"; done
