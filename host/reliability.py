@@ -109,9 +109,10 @@ def soak(flat: str, generations: int = 500, tokens: int = 200_000, max_ctx: int 
 
 
 def decode(flat: str, steps: int = 8) -> list:
-    """A short decode through the kernel only (no PyTorch kernels): what the sanitizers watch."""
+    """`steps` decode steps through the kernel only, one launch from a one-token prompt (no
+    PyTorch kernels): what the sanitizers watch."""
     with Engine(flat, max_ctx=64, quiet=True) as eng:
-        return eng.generate([11, 22, 33, 44], steps, prefill="kernel")
+        return eng.generate([11], steps, prefill="kernel")
 
 
 def main(argv=None) -> int:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# compute-sanitizer over a full decode through the megakernel (4 prompt tokens + 8 new, the
-# kernel's own prefill path: no PyTorch kernels), once per tool; a verdict line per tool last.
+# compute-sanitizer over a full decode through the megakernel (8 steps in one launch from a
+# one-token prompt: no PyTorch kernels), once per tool; a verdict line per tool last.
 #   scripts/sanitize.sh [memcheck racecheck synccheck initcheck]
 # The kernel's spin-waits get a long timeout: instrumented code runs orders of magnitude slower.
 set -uo pipefail
