@@ -77,11 +77,22 @@ def soak(flat: str, generations: int = 500, tokens: int = 200_000, max_ctx: int 
         sampled = i % 4 == 3  # every fourth one sampled, with its own seed (reproducible)
         jobs.append(dict(prompt=[rng.randrange(vocab) for _ in range(n_prompt)], n=n_new,
                          kw=dict(temperature=0.8, top_p=0.95, seed=i) if sampled else {}))
+    short = tokens - sum(j["n"] for j in jobs)  # top up to at least `tokens` new tokens
+    for j in jobs * 8:
+        if short <= 0:
+            break
+        add = min(short, max_ctx - len(j["prompt"]) - j["n"], 64)
+        j["n"], short = j["n"] + add, short - add
     outputs, errors, free = [], [], []
-    t0 = time.perf_counter()
     with Engine(flat, max_ctx=max_ctx, quiet=True) as eng:
-        eng.generate([1, 2, 3], 4)  # first use: the prefill's graphs and buffers
+        # Warm-up: the bulk prefill captures a CUDA graph per prompt-length bucket on its second
+        # use, and PyTorch's allocator keeps what they need; memory is watched from here on.
+        free_start = _free_bytes()
+        for n_prompt in (2, 17, 33, 65, 129, 257):
+            for _ in range(2):
+                eng.generate(list(range(1, n_prompt + 1)), 2)
         free.append(_free_bytes())
+        t0 = time.perf_counter()
         for i, job in enumerate(jobs):
             try:
                 outputs.append(eng.generate(job["prompt"], job["n"], **job["kw"]))
@@ -103,8 +114,9 @@ def soak(flat: str, generations: int = 500, tokens: int = 200_000, max_ctx: int 
         "generations": generations, "new_tokens": sum(len(o) for o in outputs if o), "soak_seconds": round(soak_s, 1),
         "errors": errors, "fresh_engine_mismatches": mismatched,
         "free_bytes_samples": free, "memory_growth_bytes": max(0, free[0] - min(free)),
+        "warm_up_bytes": free_start - free[0],
     }
-    r["passed"] = not errors and not mismatched and r["memory_growth_bytes"] == 0 and r["new_tokens"] >= tokens * 0.9
+    r["passed"] = not errors and not mismatched and r["memory_growth_bytes"] == 0 and r["new_tokens"] >= tokens
     return r
 
 
