@@ -10,6 +10,7 @@ Stages (one module each):
   engine.py        Engine: weights on the GPU, KV cache, generate()
   validate.py      kernel vs reference, teacher-forced, per-step error report
   benchmark.py     tok/s against the memory-bandwidth roofline and PyTorch baselines
+  reliability.py   determinism, soak, and the compute-sanitizer driver (GPU)
   cli.py           the `megakernel` command
 """
 

@@ -49,13 +49,22 @@ class Engine:
         if not self._h:
             raise CudaError(err.value.decode())
         self.max_ctx, self.flat_path = max_ctx, flat_path
-        info = (ctypes.c_longlong * 8)()
+        info = (ctypes.c_longlong * 10)()
         self.lib.mk_info(self._h, info)
         self.grid, self.threads, self.ring_slots, self.smem_bytes, self.sms, self.cc = list(info)[:6]
-        self.weight_bytes = info[7]
+        self.weight_bytes, self.scratch_bytes, self.kv_cache_bytes = info[7], info[8], info[9]
+        if not quiet:
+            print(self.memory_report())
         self.pos = 0          # positions already in the KV cache (for continuing a conversation)
         self._pending = None  # the last generated token, not yet in the cache
         self._prefill = None  # host/prefill.py's Prefill over this engine's buffers, made on first use
+
+    def memory_report(self) -> str:
+        """What this engine holds on the GPU (the bulk prefill's PyTorch buffers come on top)."""
+        return (f"megakernel: {(self.weight_bytes + self.scratch_bytes) / 1e9:.2f} GB on the GPU: weights "
+                f"{self.weight_bytes / 1e9:.2f} GB + KV cache {self.kv_cache_bytes / 1e9:.2f} GB (max_ctx "
+                f"{self.max_ctx}) + buffers {(self.scratch_bytes - self.kv_cache_bytes) / 1e6:.0f} MB; grid "
+                f"{self.grid} x {self.threads} threads, ring {self.ring_slots} slots")
 
     @property
     def pending_token(self):

@@ -120,6 +120,9 @@ def _run_with_progress(cmd: list, quiet: bool) -> subprocess.CompletedProcess:
     return result["r"]
 
 
+ABI_VERSION = "megakernel-abi-2"  # src/megakernel.cu's kAbiVersion: the C API these signatures describe
+
+
 class _Lib:
     """ctypes signatures of the C API in src/megakernel.cu."""
 
@@ -155,6 +158,10 @@ class _Lib:
             fn = getattr(L, name)
             fn.restype, fn.argtypes = res, args
             setattr(self, name, fn)
+        abi = self.mk_abi_version().decode()
+        if abi != ABI_VERSION:
+            raise MegakernelError(f"{path} has C API {abi}, this package needs {ABI_VERSION}; rebuild it "
+                                  "(make lib, or delete the cached library)")
 
     def compiled_dims(self) -> list:
         out = (ctypes.c_int * 8)()

@@ -271,7 +271,7 @@ struct MkEngine {
   std::string err;
 };
 
-static const char* kAbiVersion = "megakernel-abi-1";
+static const char* kAbiVersion = "megakernel-abi-2";  // host/launcher.py ABI_VERSION
 
 #define MK_TRY(call)                                                                           \
   do {                                                                                         \
@@ -507,10 +507,12 @@ void mk_destroy(MkEngine* e) {
   delete e;
 }
 
-// out: grid, threads, ring slots, dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes
+// out: grid, threads, ring slots, dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes,
+// scratch bytes (KV cache + activations + counters, one allocation), of which KV cache bytes
 void mk_info(MkEngine* e, long long* out) {
-  const long long v[8] = {e->grid, e->threads, e->nslots, (long long)e->smem, e->sms, e->cc, e->max_ctx,
-                          (long long)e->weight_bytes};
+  const long long kv = 2LL * kLayers * kKVHeads * e->max_ctx * kHeadDim * (long long)sizeof(bf16_t);
+  const long long v[10] = {e->grid, e->threads, e->nslots, (long long)e->smem, e->sms, e->cc, e->max_ctx,
+                           (long long)e->weight_bytes, (long long)e->scratch_bytes, kv};
   memcpy(out, v, sizeof v);
 }
 
@@ -699,7 +701,7 @@ int main(int argc, char** argv) {
   char err[512];
   MkEngine* e = mk_create(argv[1], ctx + steps + 8, 1, 0, err, sizeof err);
   if (!e) { fprintf(stderr, "error: %s\n", err); return 1; }
-  long long info[8];
+  long long info[10];
   mk_info(e, info);
   cudaDeviceProp prop;
   CUDA_CHECK(cudaGetDeviceProperties(&prop, e->device));

@@ -78,7 +78,7 @@ __device__ __forceinline__ bool wait_token(const MkParams& p, BlockControl& ctl,
 
 // Thread 0, after writing the block's results: count the block in; is it the step's last?
 __device__ __forceinline__ void arrive(const MkParams& p, BlockControl& ctl, int step) {
-  __threadfence();
+  __threadfence();  // release: this block's results (written above) are visible before its count
   const unsigned arrived = atomicAdd(&p.sync[1], 1u);
   ctl.is_last = arrived == (unsigned)(step + 1) * gridDim.x - 1;
 }
@@ -111,7 +111,7 @@ __device__ __forceinline__ bool publish_argmax(const MkParams& p, BlockControl& 
   }
   consumer_sync();
   if (ctl.is_last && warp == 0) {
-    __threadfence();
+    __threadfence();  // acquire: the other blocks' results, counted in before our count, are read after it
     float bv = -INFINITY;
     int bi = 0x7fffffff;
     for (int b = lane; b < (int)gridDim.x; b += 32) {
@@ -167,7 +167,7 @@ __device__ __noinline__ bool publish_sample(const MkParams& p, BlockControl& ctl
   }
   consumer_sync();
   if (ctl.is_last) {
-    __threadfence();
+    __threadfence();  // acquire, as in publish_argmax
     // merge the per-block lists: thread b follows block b's list (gridDim.x <= kThreads)
     int head = 0;
     float hv = -INFINITY;
