@@ -2,6 +2,8 @@
 # compute-sanitizer over a full decode through the megakernel (8 steps in one launch from a
 # one-token prompt: no PyTorch kernels), once per tool; a verdict line per tool last.
 #   scripts/sanitize.sh [memcheck racecheck synccheck initcheck]
+#   LAUNCHES="0 2" scripts/sanitize.sh racecheck   one launch per step; the tool checks launches
+#                                                   0..1 only (the rest run uninstrumented)
 # The kernel's spin-waits get a long timeout: instrumented code runs orders of magnitude slower.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -20,8 +22,13 @@ for tool in ${*:-memcheck racecheck synccheck initcheck}; do
   [ "$tool" = memcheck ] && extra="--leak-check full"
   [ "$tool" = racecheck ] && extra="--racecheck-report all"
   start=$(date +%s)
+  driver="--steps 8"
+  if [ -n "${LAUNCHES:-}" ]; then
+    read -r skip count <<< "$LAUNCHES"
+    extra="$extra --launch-skip $skip --launch-count $count"; driver="$driver --one-step-launches"
+  fi
   timeout ${SANITIZE_TIMEOUT:-400} compute-sanitizer --tool "$tool" $extra --print-limit 20 \
-    python3 -m megakernel.reliability decode --weights "$FLAT" --steps 8 > "$OUT/sanitize_$tool.log" 2>&1
+    python3 -m megakernel.reliability decode --weights "$FLAT" $driver > "$OUT/sanitize_$tool.log" 2>&1
   rc=$?
   summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY|LEAK SUMMARY" "$OUT/sanitize_$tool.log" | tr '\n' ' ')
   tokens=$(grep -o "decode: .*" "$OUT/sanitize_$tool.log" | head -1)
