@@ -175,3 +175,16 @@ def write_random_flat(folder: str, cfg: dict | None = None, seed: int = 0, **kw)
     from .weight_loader import convert
     ck = write_random_checkpoint(os.path.join(folder, "ck"), cfg, seed=seed, **kw)
     return convert(ck, os.path.join(folder, "w.bin"))
+
+
+def patch_flat_header(path: str, **fields) -> str:
+    """Rewrites header fields of a flat file in place (tests of refused files); returns path."""
+    from .layout import HEADER_FIELDS, HEADER_STRUCT
+    names = [n for n, _, _ in HEADER_FIELDS]
+    with open(path, "r+b") as f:
+        values = list(HEADER_STRUCT.unpack(f.read(HEADER_STRUCT.size)))
+        for k, v in fields.items():
+            values[names.index(k)] = v
+        f.seek(0)
+        f.write(HEADER_STRUCT.pack(*values))
+    return path

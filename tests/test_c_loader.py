@@ -5,13 +5,13 @@ driver on the first CUDA call), so CI checks that the C reader accepts what Pyth
 refuses the same bad files with the same kind of message. Needs nvcc.
 """
 import os
+import shutil
 
 import pytest
 
 from megakernel import MegakernelError
-from megakernel.fixtures import qwen3_06b_config, write_random_flat
+from megakernel.fixtures import patch_flat_header, qwen3_06b_config, write_random_flat
 from megakernel.launcher import build_library, load_library
-from megakernel.layout import HEADER_FIELDS, HEADER_STRUCT
 
 
 @pytest.fixture(scope="module")
@@ -41,18 +41,8 @@ def test_c_reader_accepts_python_output(lib, flat_06b):
 
 
 def _patched(src, dst, **fields):
-    data = bytearray(open(src, "rb").read(1 << 20))
-    names = [n for n, _, _ in HEADER_FIELDS]
-    values = list(HEADER_STRUCT.unpack_from(data, 0))
-    for k, v in fields.items():
-        values[names.index(k)] = v
-    HEADER_STRUCT.pack_into(data, 0, *values)
-    with open(src, "rb") as f, open(dst, "wb") as g:
-        f.seek(len(data))
-        g.write(bytes(data))
-        while chunk := f.read(1 << 24):
-            g.write(chunk)
-    return dst
+    shutil.copyfile(src, dst)
+    return patch_flat_header(dst, **fields)
 
 
 @pytest.mark.parametrize("fields,fragment", [

@@ -188,7 +188,7 @@ def _free_gpu_bytes():
 def _damaged_copy(flat, out, how):
     """A copy of the flat file, damaged as `how` says, and the message fragment expected."""
     import shutil
-    from megakernel.layout import HEADER_FIELDS, HEADER_STRUCT
+    from megakernel.fixtures import patch_flat_header
     if how == "other_size":  # a whole flat file of a smaller Qwen3
         from megakernel.fixtures import tiny_config
         return write_random_flat(os.path.dirname(out), tiny_config(), seed=3), "model dimensions"
@@ -197,12 +197,7 @@ def _damaged_copy(flat, out, how):
         with open(out, "r+b") as f:
             f.truncate(os.path.getsize(flat) - 4096)
         return out, "truncated"
-    with open(out, "r+b") as f:  # "old_version": a file from format version 0
-        values = list(HEADER_STRUCT.unpack_from(f.read(HEADER_STRUCT.size), 0))
-        values[[n for n, _, _ in HEADER_FIELDS].index("version")] = 0
-        f.seek(0)
-        f.write(HEADER_STRUCT.pack(*values))
-    return out, "format version 0"
+    return patch_flat_header(out, version=0), "format version 0"  # "old_version": format version 0
 
 
 @pytest.mark.parametrize("how", ["truncated", "old_version", "other_size"])

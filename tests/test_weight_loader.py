@@ -7,9 +7,9 @@ import torch
 
 from megakernel import MegakernelError
 from megakernel.config import ModelConfig
-from megakernel.fixtures import (qwen3_06b_config, random_hf_state_dict, tiny_config,
+from megakernel.fixtures import (patch_flat_header, qwen3_06b_config, random_hf_state_dict, tiny_config,
                                  write_random_checkpoint)
-from megakernel.layout import HEADER_FIELDS, HEADER_STRUCT, emit_c_header, tensor_specs
+from megakernel.layout import HEADER_STRUCT, emit_c_header, tensor_specs
 from megakernel.reference import Qwen3Reference
 from megakernel.weight_loader import FlatFile, convert
 
@@ -219,23 +219,13 @@ def flat(tmp_path, tiny_ck):
     return convert(tiny_ck, str(tmp_path / "w.bin"))
 
 
-def _patch_header(path, **fields):
-    data = bytearray(open(path, "rb").read())
-    names = [n for n, _, _ in HEADER_FIELDS]
-    values = list(HEADER_STRUCT.unpack_from(data, 0))
-    for k, v in fields.items():
-        values[names.index(k)] = v
-    HEADER_STRUCT.pack_into(data, 0, *values)
-    open(path, "wb").write(bytes(data))
-
-
 def test_flat_wrong_magic(flat):
-    _patch_header(flat, magic=b"GGUF\0\0\0\0")
+    patch_flat_header(flat, magic=b"GGUF\0\0\0\0")
     expect_error(lambda: FlatFile(flat), "wrong magic", "megakernel convert")
 
 
 def test_flat_wrong_version(flat):
-    _patch_header(flat, version=99)
+    patch_flat_header(flat, version=99)
     expect_error(lambda: FlatFile(flat), "version 99", "re-convert")
 
 
