@@ -164,10 +164,10 @@ __device__ __forceinline__ bool stage_words_at(const MkParams& p, BlockControl& 
   if (!ok) ctl.abort = 1;
 #if MK_EXP & 8
   if (step == 1 && threadIdx.x == 0) {
-    unsigned long long* d = p.dbg_times + (size_t)gridDim.x * (5 * kLayers + 1) * 2;
-    atomicAdd(d + 32, (unsigned long long)(e1 - e0));
-    atomicAdd(d + 33, (unsigned long long)rounds_dbg);
-    atomicAdd(d + 34, 1ull);
+    unsigned long long* d = dbg_counters(p);
+    atomicAdd(d + kDbgPollCycles, (unsigned long long)(e1 - e0));
+    atomicAdd(d + kDbgPollRounds, (unsigned long long)rounds_dbg);
+    atomicAdd(d + kDbgPolls, 1ull);
   }
 #endif
   consumer_sync();

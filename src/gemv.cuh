@@ -78,7 +78,7 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
     const uint64_t tw0 = global_timer_ns();
     const bool landed = ring.wait_full(p, seq, step);
     if (step == 1 && (threadIdx.x & 31) == 0)
-      atomicAdd(p.dbg_times + (size_t)gridDim.x * (5 * kLayers + 1) * 2 + stage_kind, global_timer_ns() - tw0);
+      atomicAdd(dbg_counters(p) + kDbgRingWait + stage_kind, global_timer_ns() - tw0);
     if (landed) {
 #else
     if (ring.wait_full(p, seq, step)) {
@@ -91,9 +91,9 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
       for (int r = 0; r < RPS; ++r) s1 += acc[r];
       const long long c1 = clock64_after(s1);
       if (step == 1 && (threadIdx.x & 31) == 0) {
-        unsigned long long* d = p.dbg_times + (size_t)gridDim.x * (5 * kLayers + 1) * 2;
-        atomicAdd(d + 8 + stage_kind, (unsigned long long)(c1 - c0));
-        atomicAdd(d + 24 + stage_kind, 1ull);
+        unsigned long long* d = dbg_counters(p);
+        atomicAdd(d + kDbgDotCycles + stage_kind, (unsigned long long)(c1 - c0));
+        atomicAdd(d + kDbgDotSlots + stage_kind, 1ull);
       }
 #else
       dot(ring.slot_ptr(seq), acc);

@@ -29,7 +29,6 @@ __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
 // MK_EXP & 4 (timing builds only): thread 0 stamps, for step 1, when each stage's input was
 // ready (kind 0) and when its outputs were written (kind 1). The harness prints the breakdown.
-constexpr int kTimedStages = 5 * kLayers + 1;
 __device__ __forceinline__ void stamp(const MkParams& p, int step, int stage, int kind) {
 #if MK_EXP & 4
   if (step == 1 && threadIdx.x == 0)
@@ -317,7 +316,7 @@ static size_t layout_scratch(MkEngine* e, char* base) {
   p.cur_token = (int*)(ctl + 32);
   p.stop = p.cur_token + 1;
   p.eos_ids = (const int*)take(64 * 4);
-  p.dbg_times = (unsigned long long*)take(((size_t)e->grid * kTimedStages * 2 + 40) * 8);
+  p.dbg_times = (unsigned long long*)take(dbg_words(e->grid) * 8);
   return off;
 }
 
@@ -611,7 +610,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   if (n_forced) MK_TRY(cudaMemcpy(e->d_tokens, forced, n_forced * sizeof(int), cudaMemcpyHostToDevice));
   MK_TRY(cudaMemset(p.sync, 0, 256));
   MK_TRY(cudaMemset(p.hred, 0, kHredBytes));
-  if (MK_EXP & 4) MK_TRY(cudaMemset(p.dbg_times, 0, ((size_t)e->grid * kTimedStages * 2 + 40) * 8));
+  if (MK_EXP & 4) MK_TRY(cudaMemset(p.dbg_times, 0, dbg_words(e->grid) * 8));
   // Tags of this launch are new: nothing left by an earlier (even failed) launch can match.
   e->p.tag_base = p.tag_base + (uint32_t)((n_steps + 1) * kLayers * kTagsPerLayer + 8);
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
@@ -720,7 +719,7 @@ int main(int argc, char** argv) {
 #if MK_EXP & 4
   {  // where step 1 spent its time: per stage kind, medians over layers (microseconds)
     const int G = e->grid;
-    std::vector<unsigned long long> t((size_t)G * kTimedStages * 2 + 40);
+    std::vector<unsigned long long> t(dbg_words(G));
     CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_times, t.size() * 8, cudaMemcpyDeviceToHost));
     auto T = [&](int b, int s, int k) { return (double)t[((size_t)b * kTimedStages + s) * 2 + k]; };
     const char* names[6] = {"qkv", "attn", "o", "gateup", "down", "lm"};
@@ -741,13 +740,13 @@ int main(int argc, char** argv) {
     }
     auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v.empty() ? 0.0 : v[v.size() / 2]; };
     printf("stage   span   latency  skew   work  ring-wait/warp (us, medians over layers, step 1)\n");
-    const unsigned long long* ring_wait = t.data() + (size_t)G * kTimedStages * 2;
+    const unsigned long long* counters = t.data() + (size_t)G * kTimedStages * 2;
     for (int k = 0; k < 6; ++k)
       printf("%-7s %6.2f %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]),
-             ring_wait[k] / 1e3 / G / kConsumerWarps / (k == 5 ? 1 : kLayers));
-    if ((MK_EXP & 8) && ring_wait[34])
+             counters[kDbgRingWait + k] / 1e3 / G / kConsumerWarps / (k == 5 ? 1 : kLayers));
+    if ((MK_EXP & 8) && counters[kDbgPolls])
       printf("activation polls: first L2 round trip %.0f cycles, %.2f poll rounds (%llu waits)\n",
-             (double)ring_wait[32] / ring_wait[34], (double)ring_wait[33] / ring_wait[34], ring_wait[34]);
+             (double)counters[kDbgPollCycles] / counters[kDbgPolls], (double)counters[kDbgPollRounds] / counters[kDbgPolls], counters[kDbgPolls]);
     {  // each block's own time from its input ready to its warp 0 done, and its poll latency
       for (int k = 0; k < 5; ++k) {
         std::vector<double> own, lat_b;
@@ -765,9 +764,9 @@ int main(int argc, char** argv) {
     }
     if (MK_EXP & 8)
       for (int k = 0; k < 6; ++k)
-        if (ring_wait[24 + k])
-          printf("dot %-7s %.0f cycles per slot (%llu slots)\n", names[k], (double)ring_wait[8 + k] / ring_wait[24 + k],
-                 ring_wait[24 + k]);
+        if (counters[kDbgDotSlots + k])
+          printf("dot %-7s %.0f cycles per slot (%llu slots)\n", names[k], (double)counters[kDbgDotCycles + k] / counters[kDbgDotSlots + k],
+                 counters[kDbgDotSlots + k]);
   }
 #endif
   const double bw = mk_measure_read_bandwidth(4.0, 9);

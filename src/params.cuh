@@ -70,7 +70,7 @@ struct MkParams {
 
   float* dbg_hidden;            // (layers, 2, hidden) residual after attention / MLP, or null
   float* dbg_logits;            // (vocab) logits of the last step, or null
-  unsigned long long* dbg_times; // MK_EXP & 4 builds: (grid, stages, 2) timestamps of step 1
+  unsigned long long* dbg_times; // MK_EXP builds: dbg_words(grid) (below)
 
   int nslots;                   // ring depth (from the device's shared memory)
   int prefetch_slots;           // sm_90: L2 prefetch distance ahead of the ring, in slots
@@ -78,3 +78,18 @@ struct MkParams {
   int fault_block;              // fault injection: this block never writes its QKV rows
   int fault_layer;              // ... of this layer (-1: off), so the launch must time out
 };
+
+// MK_EXP timing builds: dbg_times holds (grid, kTimedStages, 2) stage timestamps of step 1, then
+// kDbgCounters counters summed over blocks: ring waits per stage kind (ns), and with MK_EXP & 8
+// slot dot cycles and slots per stage kind, poll round trip cycles, poll rounds, polls.
+constexpr int kTimedStages = 5 * kLayers + 1;
+enum DbgCounter {
+  kDbgRingWait = 0, kDbgDotCycles = 8, kDbgDotSlots = 24, kDbgPollCycles = 32, kDbgPollRounds = 33,
+  kDbgPolls = 34, kDbgCounters = 40
+};
+__host__ __device__ constexpr size_t dbg_words(int grid) { return (size_t)grid * kTimedStages * 2 + kDbgCounters; }
+#ifdef __CUDACC__
+__device__ __forceinline__ unsigned long long* dbg_counters(const MkParams& p) {
+  return p.dbg_times + (size_t)gridDim.x * kTimedStages * 2;
+}
+#endif
