@@ -120,7 +120,7 @@ def _run_with_progress(cmd: list, quiet: bool) -> subprocess.CompletedProcess:
     return result["r"]
 
 
-ABI_VERSION = "megakernel-abi-2"  # src/megakernel.cu's kAbiVersion: the C API these signatures describe
+ABI_VERSION = "megakernel-abi-3"  # src/megakernel.cu's kAbiVersion: the C API these signatures describe
 
 
 class _Lib:
@@ -153,6 +153,13 @@ class _Lib:
             "mk_device_buffers": (None, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_ulonglong)]),
             "mk_measure_read_bandwidth": (ctypes.c_double, [ctypes.c_double, ctypes.c_int]),
             "mk_bytes_per_token": (ctypes.c_double, [ctypes.c_void_p, ctypes.c_int]),
+            # the bulk prefill's fused elementwise kernels (src/prefill_ops.cuh); pointers, stream last
+            "mk_prefill_rmsnorm": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                                  ctypes.c_float, ctypes.c_void_p]),
+            "mk_prefill_qkv": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int,
+                                              ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
+                                              ctypes.c_int, ctypes.c_float, ctypes.c_void_p]),
+            "mk_prefill_silu_mul": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]),
         }
         for name, (res, args) in sig.items():
             fn = getattr(L, name)

@@ -11,13 +11,18 @@ cache it leaves:
     engine.run(prompt_ids[-1:], T - 1, n_new)   # the last prompt token decodes the first new one
 
 Numerics: matrix inputs in bf16 (as the cache and weights), accumulation, norms, RoPE, the
-residual stream and softmax statistics in float32. Fresh prompts (start == 0) on a GPU replay a
+residual stream and softmax statistics in float32.
+Kernels per layer (~20, scripts/prefill_kernels.py): the GEMMs write float32 directly and add the
+residual in their epilogue (torch.mm / addmm with out_dtype, where PyTorch has them), RoPE of every
+q and k head is one batched matmul by per-position rotation matrices, flash attention reads the
+cache in place. A short prompt's prefill is launch-bound, so every kernel counts. Fresh prompts (start == 0) on a GPU replay a
 CUDA graph captured per power-of-two length bucket on its second use (positions past the prompt get padding
 K/V, which decode overwrites before it reads them); longer prompts and continuations run eagerly.
 The same code runs on CPU tensors (tests compare it with host/reference.py there).
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 import torch
@@ -28,6 +33,19 @@ from .config import ModelConfig
 from .weight_loader import FlatFile
 
 GRAPH_BUCKETS = (16, 32, 64, 128, 256, 512, 1024, 2048)
+
+
+def _sdpa_backends():
+    """Flash attention first: it reads the cache's strided slices as they are (cuDNN, PyTorch's
+    default on Hopper, copied K and V and the output: three more kernels per layer); the others
+    stay as fallbacks (masks of continued prompts, GPUs without flash)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        order = [SDPBackend.FLASH_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+                 SDPBackend.MATH]
+        return sdpa_kernel(order, set_priority=True)
+    except (ImportError, TypeError, AttributeError):  # older PyTorch: its own choice
+        return contextlib.nullcontext()
 
 
 class _DeviceBuffer:
@@ -47,7 +65,9 @@ class Prefill:
     """Writes K/V of many positions at once into a cache of layout (layers, kv_heads, ctx, head_dim)."""
 
     def __init__(self, cfg: ModelConfig, weights: dict, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                 dtype=torch.bfloat16):
+                 dtype=torch.bfloat16, ops=None):
+        """ops: the megakernel library (launcher._Lib); on a GPU its fused prefill kernels
+        (src/prefill_ops.cuh) replace the elementwise PyTorch ops, else PyTorch does all."""
         if dtype != torch.bfloat16:  # a float32 pass (tests): upcast the bf16 matrices once
             weights = {n: t.to(dtype) if t.dtype == torch.bfloat16 else t for n, t in weights.items()}
         self.cfg, self.w, self.k_cache, self.v_cache, self.dtype = cfg, weights, k_cache, v_cache, dtype
@@ -65,6 +85,8 @@ class Prefill:
         self.device = k_cache.device
         self._graphs = {}
         self._uses = {}
+        self._fp32_out, self._addmm_inplace = self._probe_fp32_out()
+        self._ops = ops if (ops is not None and self.device.type == "cuda" and dtype == torch.bfloat16) else None
 
     @classmethod
     def from_engine(cls, engine) -> "Prefill":
@@ -89,49 +111,130 @@ class Prefill:
         kv_bytes = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * max_ctx * cfg.head_dim
         k = view(kptr, kv_bytes).view(torch.bfloat16).view(kv_shape)
         v = view(vptr, kv_bytes).view(torch.bfloat16).view(kv_shape)
-        return cls(cfg, weights, k, v)
+        return cls(cfg, weights, k, v, ops=engine.lib)
 
     # ------------------------------------------------------------------------------ the pass
+    def _mm(self, x: torch.Tensor, w: torch.Tensor, acc: torch.Tensor | None = None) -> torch.Tensor:
+        """acc + x @ w in float32 from bf16 inputs: one cuBLAS call with a float32 output (and the
+        residual add in its epilogue) where this PyTorch has them, else matmul + cast (+ add)."""
+        if self._fp32_out:
+            if acc is None:
+                return torch.mm(x, w, out_dtype=torch.float32)
+            if self._addmm_inplace:  # no copy of acc into a new output first
+                return torch.addmm(acc, x, w, out_dtype=torch.float32, out=acc)
+            return torch.addmm(acc, x, w, out_dtype=torch.float32)
+        y = (x @ w).float()
+        return y if acc is None else acc + y
+
+    def _probe_fp32_out(self) -> tuple:
+        """Do torch.mm / addmm take out_dtype=float32 with bf16 inputs here (CUDA, PyTorch 2.8+),
+        and addmm also out= its own accumulator? (fp32 outputs, in place)"""
+        if self.device.type != "cuda" or self.dtype != torch.bfloat16:
+            return False, False
+        a = torch.ones(2, 8, dtype=torch.bfloat16, device=self.device)
+        b = a.new_ones(8, 4)
+        try:
+            c = torch.ones(2, 4, dtype=torch.float32, device=self.device)
+            ok = (torch.mm(a, b, out_dtype=torch.float32).dtype == torch.float32
+                  and torch.equal(torch.addmm(c, a, b, out_dtype=torch.float32), torch.full_like(c, 9.0)))
+        except (TypeError, RuntimeError):
+            return False, False
+        try:
+            torch.addmm(c, a, b, out_dtype=torch.float32, out=c)
+            inplace = torch.equal(c, torch.full_like(c, 9.0))
+        except (TypeError, RuntimeError):
+            inplace = False
+        return ok, inplace
+
+    @staticmethod
+    def _rope_matrices(cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """(T, d, d): HF's rotate-half RoPE of position t as x @ R[t] (one batched matmul for every
+        q and k head instead of five elementwise kernels):
+        y[j] = x[j] cos_j - x[j + d/2] sin_j and y[j + d/2] = x[j + d/2] cos_j + x[j] sin_j, j < d/2."""
+        T, half = cos.shape
+        R = cos.new_zeros(T, 2 * half, 2 * half)
+        j = torch.arange(half, device=cos.device)
+        R[:, j, j] = cos
+        R[:, j + half, j + half] = cos
+        R[:, j + half, j] = -sin
+        R[:, j, j + half] = sin
+        return R
+
     def _forward(self, tokens: torch.Tensor, start: int) -> None:
-        cfg, w, dt = self.cfg, self.w, self.dtype
-        T, d, eps = tokens.shape[0], cfg.head_dim, cfg.rms_norm_eps
-        Hq, Hkv, n = cfg.num_attention_heads, cfg.num_key_value_heads, start + tokens.shape[0]
+        n = start + tokens.shape[0]
         pos = torch.arange(start, n, device=self.device, dtype=torch.float32)
-        freqs = pos[:, None] * w["rope_inv_freq"].float()[None, :]            # (T, d/2)
-        freqs = torch.cat((freqs, freqs), dim=-1)[:, None, :]                 # (T, 1, d)
-        cos, sin = freqs.cos(), freqs.sin()
+        freqs = pos[:, None] * self.w["rope_inv_freq"].float()[None, :]       # (T, d/2)
+        rope = None if self._ops else self._rope_matrices(freqs.cos(), freqs.sin())  # (T, d, d)
         if start == 0:
             mask = None
         else:  # query t (position start+t) sees keys 0..start+t
-            mask = torch.arange(n, device=self.device)[None, :] <= (start + torch.arange(T, device=self.device))[:, None]
+            mask = torch.arange(n, device=self.device)[None, :] <= pos[:, None].long()
+        h = self.w["embed"][tokens].float()                                   # (T, hidden) residual, f32
+        with _sdpa_backends():
+            if self._ops:
+                self._layers_fused(h, mask, start)
+            else:
+                self._layers(h, rope, mask, start)
+
+    def _check(self, code: int, what: str) -> None:
+        if code != 0:
+            from .launcher import CudaError
+            raise CudaError(f"prefill kernel {what} failed to launch (CUDA error {code})")
+
+    def _layers_fused(self, h: torch.Tensor, mask, start: int) -> None:
+        """_layers with src/prefill_ops.cuh's fused kernels for the elementwise work (GPU)."""
+        cfg, w, ops = self.cfg, self.w, self._ops
+        T, d, eps = h.shape[0], cfg.head_dim, cfg.rms_norm_eps
+        Hq, n = cfg.num_attention_heads, start + h.shape[0]
+        stream = torch.cuda.current_stream(self.device).cuda_stream
+        x = torch.empty(T, cfg.hidden_size, dtype=torch.bfloat16, device=self.device)
+        q = torch.empty(Hq, T, d, dtype=torch.bfloat16, device=self.device)
+        act = torch.empty(T, cfg.intermediate_size, dtype=torch.bfloat16, device=self.device)
+        inv_freq = w["rope_inv_freq"]
+        for i in range(cfg.num_hidden_layers):
+            p = f"layers.{i}."
+            self._check(ops.mk_prefill_rmsnorm(h.data_ptr(), self.norm32[p + "input_norm"].data_ptr(),
+                                               x.data_ptr(), T, eps, stream), "rmsnorm")
+            qkv = self._mm(x, w[p + "wqkv"].T)                                 # (T, qkv_dim) f32
+            self._check(ops.mk_prefill_qkv(qkv.data_ptr(), self.norm32[p + "qk_norm"].data_ptr(),
+                                           inv_freq.data_ptr(), start, T, q.data_ptr(),
+                                           self.k_cache[i].data_ptr(), self.v_cache[i].data_ptr(),
+                                           self.max_ctx, eps, stream), "qkv")
+            o = F.scaled_dot_product_attention(q.unsqueeze(0), self.k_cache[i, :, :n].unsqueeze(0),
+                                               self.v_cache[i, :, :n].unsqueeze(0), attn_mask=mask,
+                                               is_causal=mask is None, scale=d ** -0.5, enable_gqa=True)
+            h = self._mm(o[0].transpose(0, 1).reshape(T, cfg.q_dim), w[p + "wo"].T, h)
+            self._check(ops.mk_prefill_rmsnorm(h.data_ptr(), self.norm32[p + "post_norm"].data_ptr(),
+                                               x.data_ptr(), T, eps, stream), "rmsnorm")
+            gu = self._mm(x, w[p + "wgu"].T)                                  # (T, 2 inter) f32: gate, up pairs
+            self._check(ops.mk_prefill_silu_mul(gu.data_ptr(), act.data_ptr(), T, stream), "silu_mul")
+            h = self._mm(act, w[p + "wdown"].T, h)
+
+    def _layers(self, h: torch.Tensor, rope: torch.Tensor, mask, start: int) -> None:
+        cfg, w, dt = self.cfg, self.w, self.dtype
+        T, d, eps = h.shape[0], cfg.head_dim, cfg.rms_norm_eps
+        Hq, Hkv, n = cfg.num_attention_heads, cfg.num_key_value_heads, start + h.shape[0]
         nq = Hq + Hkv                                                         # q and k heads
-        h = w["embed"][tokens].float()                                        # (T, hidden) residual, f32
+        act = torch.empty(T, cfg.intermediate_size, dtype=dt, device=self.device)
         for i in range(cfg.num_hidden_layers):
             p = f"layers.{i}."
             x = _rms(h, self.norm32[p + "input_norm"], eps).to(dt)
-            qkv = (x @ w[p + "wqkv"].T).float().view(T, nq + Hkv, d)         # heads: q | k | v
+            qkv = self._mm(x, w[p + "wqkv"].T).view(T, nq + Hkv, d)          # heads: q | k | v
             qk = _rms(qkv[:, :nq], None, eps) * self.norm32[p + "qk_norm"]    # per-head RMSNorm, q and k
-            qk = qk * cos + self._rotate_half(qk) * sin                       # RoPE
-            k, v = qk[:, Hq:], qkv[:, nq:]
-            self.k_cache[i, :, start:n] = k.transpose(0, 1)
-            self.v_cache[i, :, start:n] = v.transpose(0, 1)
+            qk = torch.bmm(qk, rope)                                          # RoPE
+            self.k_cache[i, :, start:n] = qk[:, Hq:].transpose(0, 1)
+            self.v_cache[i, :, start:n] = qkv[:, nq:].transpose(0, 1)
             keys = self.k_cache[i, :, :n].unsqueeze(0).to(dt)                 # (1, Hkv, n, d)
             vals = self.v_cache[i, :, :n].unsqueeze(0).to(dt)
             q = qk[:, :Hq].transpose(0, 1).unsqueeze(0).to(dt)                # (1, Hq, T, d)
             o = F.scaled_dot_product_attention(q, keys, vals, attn_mask=mask, is_causal=mask is None,
                                                scale=d ** -0.5, enable_gqa=True)
             o = o[0].transpose(0, 1).reshape(T, cfg.q_dim)
-            h = h + (o @ w[p + "wo"].T).float()
+            h = self._mm(o, w[p + "wo"].T, h)
             x = _rms(h, self.norm32[p + "post_norm"], eps).to(dt)
-            gu = (x @ w[p + "wgu"].T).float().view(T, cfg.intermediate_size, 2)  # rows interleave gate, up
-            act = (F.silu(gu[..., 0]) * gu[..., 1]).to(dt)
-            h = h + (act @ w[p + "wdown"].T).float()
-
-    @staticmethod
-    def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-        """(x1, x2) -> (-x2, x1) on the halves of the last dim (HF's rotate-half RoPE pairing)."""
-        half = x.shape[-1] // 2
-        return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+            gu = self._mm(x, w[p + "wgu"].T).view(T, cfg.intermediate_size, 2)  # rows interleave gate, up
+            torch.mul(F.silu(gu[..., 0]), gu[..., 1], out=act)                # cast to dt on the way
+            h = self._mm(act, w[p + "wdown"].T, h)
 
     # ------------------------------------------------------------------------------ entry
     @torch.no_grad()

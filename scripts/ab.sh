@@ -10,11 +10,15 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path" build
 ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
-[ -f "$WORK/rand06b.bin" ] || python3 -c "
-from megakernel.fixtures import write_random_flat; import os
-os.replace(write_random_flat('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')"
 BASE=${BASE:-HEAD}
-rm -rf "$WORK/base" && mkdir -p "$WORK/base" && git archive "$BASE" src | tar -x -C "$WORK/base"
+rm -rf "$WORK/base" && mkdir -p "$WORK/base/path" && git archive "$BASE" src host | tar -x -C "$WORK/base"
+ln -sfn "$WORK/base/host" "$WORK/base/path/megakernel"
+# One random checkpoint (seed 7) per flat-format version, converted by that side's own package
+# (scripts/rand_flat.sh), in the background while nvcc builds.
+NEW_FLAT=$(PYTHONPATH="$WORK/path" scripts/rand_flat.sh --path)
+BASE_FLAT=$(PYTHONPATH="$WORK/base/path" scripts/rand_flat.sh --path)
+PYTHONPATH="$WORK/path" scripts/rand_flat.sh >/dev/null &
+[ "$BASE_FLAT" = "$NEW_FLAT" ] || PYTHONPATH="$WORK/base/path" scripts/rand_flat.sh >/dev/null &
 NV="nvcc -O3 -std=c++17 -arch=sm_90 -DMK_STANDALONE"
 $NV -I"$WORK/base/src" -o build/ab_base "$WORK/base/src/megakernel.cu" &
 $NV -Isrc -o build/ab_new src/megakernel.cu &
@@ -25,8 +29,9 @@ fi
 wait
 run() {  # name binary env... ; prints "name ctx tok/s pct"
   local name=$1 bin=$2 ctx=$3; shift 3
-  env "$@" timeout 120 "$bin" "$WORK/rand06b.bin" --steps ${STEPS:-512} --ctx "$ctx" 2>&1 | tail -1 |
-    awk -v n="$name" -v c="$ctx" '/tok\/s/ {for (i = 1; i <= NF; i++) if ($i == "tok/s,") t = $(i-1); print n, "ctx", c, t, $(NF-2); next} {print n, "ctx", c, "FAILED:", $0}'
+  local flat=$NEW_FLAT; [ "$name" = base ] && flat=$BASE_FLAT
+  env "$@" timeout 120 "$bin" "$flat" --steps ${STEPS:-512} --ctx "$ctx" 2>&1 | tail -1 |
+    awk -v n="$name" -v c="$ctx" '/tok\/s/ {for (i = 1; i <= NF; i++) if ($i == "tok/s," && t == "") t = $(i-1); print n, "ctx", c, t, $(NF-2); next} {print n, "ctx", c, "FAILED:", $0}'
 }
 for round in $(seq ${ROUNDS:-2}); do
   for ctx in ${CTXS:-1 1024}; do
@@ -41,10 +46,11 @@ done
 if [ -n "${EXP:-}" ]; then
   ctx=$(echo ${CTXS:-1} | awk '{print $1}')
   for b in base new; do
-    echo "== breakdown $b ctx $ctx"; timeout 120 build/ab_${b}_exp "$WORK/rand06b.bin" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
+    flat=$NEW_FLAT; [ $b = base ] && flat=$BASE_FLAT
+    echo "== breakdown $b ctx $ctx"; timeout 120 build/ab_${b}_exp "$flat" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
   done
   for v in ${EXP_VARIANTS:-}; do
     IFS=, read -ra envs <<< "${v#*:}"
-    echo "== breakdown ${v%%:*} ctx $ctx"; env "${envs[@]}" timeout 120 build/ab_new_exp "$WORK/rand06b.bin" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
+    echo "== breakdown ${v%%:*} ctx $ctx"; env "${envs[@]}" timeout 120 build/ab_new_exp "$NEW_FLAT" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
   done
 fi

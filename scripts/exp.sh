@@ -5,12 +5,10 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p build
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path"; ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
-[ -f "$WORK/rand06b.bin" ] || python3 -c "
-from megakernel.fixtures import write_random_flat; import os
-os.replace(write_random_flat('$WORK/rand06b', seed=7), '$WORK/rand06b.bin')"
+FLAT=$(scripts/rand_flat.sh)
 for exp in ${EXPS:-0 4}; do
   nvcc -O3 -std=c++17 -arch=sm_90 -Isrc -DMK_STANDALONE -DMK_EXP=$exp ${EXTRA:-} -o build/exp$exp src/megakernel.cu &
 done; wait
 for exp in ${EXPS:-0 4}; do
-  for ctx in ${CTXS:-1}; do echo "== exp $exp ctx $ctx ${MK_RING_SLOTS:+slots $MK_RING_SLOTS}"; timeout 60 build/exp$exp "$WORK/rand06b.bin" --steps ${STEPS:-128} --ctx $ctx 2>&1 | tail -${TAIL:-1}; done
+  for ctx in ${CTXS:-1}; do echo "== exp $exp ctx $ctx ${MK_RING_SLOTS:+slots $MK_RING_SLOTS}"; timeout 60 build/exp$exp "$FLAT" --steps ${STEPS:-128} --ctx $ctx 2>&1 | tail -${TAIL:-1}; done
 done

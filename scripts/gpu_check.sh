@@ -21,12 +21,8 @@ fi
 export MK_COMMIT=${MK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used,memory.total --format=csv,noheader
 has() { [[ " $STAGES " == *" $1 "* ]]; }
-RAND_FLAT="$WORK/rand06b.bin"  # a random checkpoint of the real shapes, converted once per machine
-rand_flat() {
-  [ -f "$RAND_FLAT" ] || python3 -c "
-from megakernel.fixtures import write_random_flat; import os
-os.replace(write_random_flat('${RAND_FLAT%.bin}', seed=7), '$RAND_FLAT')" || true
-}
+RAND_FLAT=$(scripts/rand_flat.sh --path)  # a random checkpoint of the real shapes (scripts/rand_flat.sh)
+rand_flat() { scripts/rand_flat.sh >/dev/null || true; }
 
 if has build; then
   make -j4 all lib 2>&1 | grep -E "error|registers|stack frame|spill" | tee "$OUT/build.log"

@@ -11,10 +11,7 @@ OUT=${OUT:-/tmp/sanitize}; mkdir -p "$OUT"
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path"
 if ! python3 -c "import megakernel" 2>/dev/null; then ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"; fi
 export MK_TIMEOUT_MS=${MK_TIMEOUT_MS:-300000}
-FLAT="$WORK/rand06b.bin"
-[ -f "$FLAT" ] || python3 -c "
-from megakernel.fixtures import write_random_flat; import os
-os.replace(write_random_flat('$WORK/rand06b', seed=7), '$FLAT')"
+FLAT=$(scripts/rand_flat.sh)
 python3 -c "from megakernel.launcher import build_library; build_library(quiet=True)"  # built outside the tool
 declare -A VERDICT
 for tool in ${*:-memcheck racecheck synccheck initcheck}; do

@@ -270,7 +270,7 @@ struct MkEngine {
   std::string err;
 };
 
-static const char* kAbiVersion = "megakernel-abi-2";  // host/launcher.py ABI_VERSION
+static const char* kAbiVersion = "megakernel-abi-3";  // host/launcher.py ABI_VERSION
 
 #define MK_TRY(call)                                                                           \
   do {                                                                                         \
@@ -682,6 +682,9 @@ double mk_bytes_per_token(MkEngine* e, int context) {
 }
 
 }  // extern "C"
+
+// The bulk prefill's fused elementwise kernels (host/prefill.py).
+#include "prefill_ops.cuh"
 
 // =============================================================================================
 // Standalone harness: build/megakernel WEIGHTS.bin [--steps N] [--ctx C]

@@ -163,6 +163,30 @@ def test_bulk_prefill_continues_a_conversation(engine):
         assert err < 2e-2, f"continued prefill differs from a fresh one: rel err {err:.2e}"
 
 
+def test_prefill_kernels_match_the_pytorch_ops(engine):
+    # src/prefill_ops.cuh (rmsnorm, q/k norm + RoPE + cache writes, silu*mul) against the same
+    # pass in PyTorch ops, fresh (causal) and continued (masked, offset positions); positions
+    # outside the prompt stay poisoned
+    import torch
+    from megakernel.prefill import Prefill
+    pf = engine.prefiller
+    assert pf._ops is not None, "the engine's prefill does not use the fused kernels"
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(2), "little"))
+    first = torch.randint(0, engine.config.vocab_size, (300,), generator=gen)
+    more = torch.randint(0, engine.config.vocab_size, (45,), generator=gen)
+    pf.k_cache.fill_(float("nan"))
+    pf.v_cache.fill_(float("nan"))
+    plain = Prefill(pf.cfg, pf.w, pf.k_cache.clone(), pf.v_cache.clone(), ops=None)
+    for p in (pf, plain):
+        p(first, 0)
+        p(more, 300)
+    n = 345
+    for got, want in ((pf.k_cache, plain.k_cache), (pf.v_cache, plain.v_cache)):
+        assert torch.isnan(got[:, :, n:]).all(), "the fused prefill wrote past the prompt"
+        err = (got[:, :, :n].double() - want[:, :, :n].double()).norm() / want[:, :, :n].double().norm()
+        assert err < 1e-2, f"fused prefill kernels differ from the PyTorch ops: rel err {err:.2e}"
+
+
 def test_kv_cache_that_does_not_fit_is_refused_with_sizes(flat):
     import torch
     from megakernel.engine import Engine

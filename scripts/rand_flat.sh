@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The random checkpoint of the real Qwen3-0.6B shapes (seed 7) that the GPU scripts run on,
+# converted once per machine and flat-format version by the `megakernel` package on PYTHONPATH.
+#   scripts/rand_flat.sh          creates it when missing; prints its path
+#   scripts/rand_flat.sh --path   prints the path only
+set -euo pipefail
+WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK"
+v=$(python3 -c "from megakernel.layout import FORMAT_VERSION as v; print(v)")
+f="$WORK/rand06b_v$v.bin"
+if [ "${1:-}" != --path ] && [ ! -f "$f" ]; then
+  python3 -c "
+from megakernel.fixtures import write_random_flat; import os, sys
+os.replace(write_random_flat(sys.argv[1], seed=7), sys.argv[2])" "${f%.bin}.tmp$$" "$f" >/dev/null
+fi
+echo "$f"
