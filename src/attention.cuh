@@ -38,6 +38,18 @@ __device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc
   }
 }
 
+// L2 prefetch of K and V rows tb..tb+3 (below t_end): lanes 0-15 one 128-byte line each. The
+// scan's own loads keep only 4 positions per warp in flight; prefetching kAttnPrefetch batches
+// ahead keeps the KV stream going from DRAM while the warp computes (long contexts).
+__device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end) {
+  const int lane = threadIdx.x & 31;
+  const int t = tb + lane / 4;
+  if (lane < 16 && t < t_end) {
+    const bf16_t* row = ((lane >> 1) & 1 ? vc : kc) + (size_t)t * kHeadDim + (lane & 1) * (kHeadDim / 2);
+    asm volatile("prefetch.global.L2 [%0];" :: "l"(row));
+  }
+}
+
 // Online softmax (base 2): folds scores s[0..3] into running max m, sum l and output o;
 // returns the weights pu of the new scores (masked scores are kNegBig and get ~0).
 __device__ __forceinline__ void online_softmax_update(float& m, float& l, float (&o)[4], const float (&s)[4],
@@ -95,6 +107,10 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     int tb = t0 + warp * 4;
     uint2 kr[4], vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
+    const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
+    if (prefetch)
+#pragma unroll
+      for (int a = 1; a <= kAttnPrefetch; ++a) prefetch_kv_batch(kc, vc, tb + a * kConsumerWarps * 4, t_old);
     float qw[4], kw[4];
     load_head_weight(w.q_norm, qw);
     load_head_weight(w.k_norm, kw);
@@ -172,7 +188,10 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
           accumulate_v(o[g], pu[u], vr[u]);
         }
       }
-      if (tb + kConsumerWarps * 4 < t_old) load_kv_batch(kc, vc, tb + kConsumerWarps * 4, t_old, kr, vr);
+      if (tb + kConsumerWarps * 4 < t_old) {
+        load_kv_batch(kc, vc, tb + kConsumerWarps * 4, t_old, kr, vr);
+        if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kConsumerWarps * 4, t_old);
+      }
     }
     if (has_current) {  // fold in the current position
 #pragma unroll
