@@ -253,12 +253,18 @@ class Prefill:
         bucket = next((b for b in GRAPH_BUCKETS if b >= T), None)
         self._uses[bucket] = self._uses.get(bucket, 0) + 1
         # a bucket's graph is captured on its second use (capture costs ~1 s; one-shot runs go eager)
-        if (self.device.type == "cuda" and start == 0 and bucket is not None and bucket <= self.max_ctx
-                and (bucket in self._graphs or self._uses[bucket] >= 2)):
+        bucketed = self.device.type == "cuda" and start == 0 and bucket is not None and bucket <= self.max_ctx
+        if bucketed and (bucket in self._graphs or self._uses[bucket] >= 2):
             graph, static = self._graph(bucket)
             static.zero_()
             static[:T] = tokens
             graph.replay()
+        elif bucketed:  # eager, but padded to the bucket like the graph: the same GEMM shapes, so
+            # the same cuBLAS kernels and bitwise the same cache as a later replay (float32 GEMM
+            # outputs show any change of kernel or split, and a near-tie token can follow it)
+            padded = torch.zeros(bucket, dtype=torch.long, device=self.device)
+            padded[:T] = tokens
+            self._forward(padded, 0)
         else:
             self._forward(tokens, start)
         if self.device.type == "cuda":

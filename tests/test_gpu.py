@@ -187,6 +187,22 @@ def test_prefill_kernels_match_the_pytorch_ops(engine):
         assert err < 1e-2, f"fused prefill kernels differ from the PyTorch ops: rel err {err:.2e}"
 
 
+def test_prefill_first_use_matches_graph_replay_bitwise(engine):
+    # a prompt's first prefill runs eagerly, later ones replay a graph: the same cache, bit for bit
+    # (else a fresh engine and a warm one could pick different tokens at a near-tie)
+    import torch
+    from megakernel.prefill import Prefill
+    pf = Prefill.from_engine(engine)  # no graphs yet
+    gen = torch.Generator().manual_seed(int.from_bytes(os.urandom(2), "little"))
+    prompt = torch.randint(0, engine.config.vocab_size, (37,), generator=gen)
+    pf(prompt, 0)
+    k1, v1 = pf.k_cache[:, :, :37].clone(), pf.v_cache[:, :, :37].clone()
+    pf.k_cache.fill_(float("nan"))
+    pf(prompt, 0)
+    assert pf._graphs, "the second use did not replay a graph"
+    assert torch.equal(pf.k_cache[:, :, :37], k1) and torch.equal(pf.v_cache[:, :, :37], v1)
+
+
 def test_kv_cache_that_does_not_fit_is_refused_with_sizes(flat):
     import torch
     from megakernel.engine import Engine
