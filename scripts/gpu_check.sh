@@ -18,7 +18,13 @@ declare -A RESULT
 if ! python3 -c "import megakernel" 2>/dev/null; then
   mkdir -p "$WORK/path"; ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
 fi
-export MK_COMMIT=${MK_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+# the commit recorded in results/*.json; pass MK_COMMIT=... when the tree was copied without its
+# history (a copied tree over a stale .git shows as "+changes")
+if [ -z "${MK_COMMIT:-}" ]; then
+  MK_COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ] && MK_COMMIT="$MK_COMMIT+changes"
+fi
+export MK_COMMIT
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,memory.used,memory.total --format=csv,noheader
 has() { [[ " $STAGES " == *" $1 "* ]]; }
 RAND_FLAT=$(scripts/rand_flat.sh --path)  # a random checkpoint of the real shapes (scripts/rand_flat.sh)
