@@ -12,13 +12,16 @@ cache it leaves:
 
 Numerics: matrix inputs in bf16 (as the cache and weights), accumulation, norms, RoPE, the
 residual stream and softmax statistics in float32.
-Kernels per layer (~20, scripts/prefill_kernels.py): the GEMMs write float32 directly and add the
-residual in their epilogue (torch.mm / addmm with out_dtype, where PyTorch has them), RoPE of every
-q and k head is one batched matmul by per-position rotation matrices, flash attention reads the
-cache in place. A short prompt's prefill is launch-bound, so every kernel counts. Fresh prompts (start == 0) on a GPU replay a
-CUDA graph captured per power-of-two length bucket on its second use (positions past the prompt get padding
-K/V, which decode overwrites before it reads them); longer prompts and continuations run eagerly.
-The same code runs on CPU tensors (tests compare it with host/reference.py there).
+Kernels per layer (~11 on a GPU, scripts/prefill_kernels.py): the GEMMs write float32 directly and
+add the residual in their epilogue (torch.mm / addmm with out_dtype, where PyTorch has them), the
+elementwise work is three fused kernels of the megakernel library (src/prefill_ops.cuh), flash
+attention reads the cache in place. A short prompt's prefill is launch-bound, so every kernel
+counts. Without the library (CPU tensors: tests compare this path with host/reference.py there)
+PyTorch ops do the elementwise work, RoPE as one batched matmul by per-position rotation matrices.
+Fresh prompts (start == 0) on a GPU run padded to a power-of-two length bucket (positions past the
+prompt get padding K/V, which decode overwrites before it reads them): eagerly on the bucket's
+first use, then from a CUDA graph captured on its second, both with the same shapes and so the
+same cache bit for bit; longer prompts and continuations run eagerly at their own length.
 """
 from __future__ import annotations
 
@@ -163,8 +166,10 @@ class Prefill:
     def _forward(self, tokens: torch.Tensor, start: int) -> None:
         n = start + tokens.shape[0]
         pos = torch.arange(start, n, device=self.device, dtype=torch.float32)
-        freqs = pos[:, None] * self.w["rope_inv_freq"].float()[None, :]       # (T, d/2)
-        rope = None if self._ops else self._rope_matrices(freqs.cos(), freqs.sin())  # (T, d, d)
+        rope = None  # the fused kernels compute RoPE themselves
+        if not self._ops:
+            freqs = pos[:, None] * self.w["rope_inv_freq"].float()[None, :]   # (T, d/2)
+            rope = self._rope_matrices(freqs.cos(), freqs.sin())              # (T, d, d)
         if start == 0:
             mask = None
         else:  # query t (position start+t) sees keys 0..start+t
@@ -250,25 +255,33 @@ class Prefill:
         if int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size:
             raise MegakernelError(f"a token id is outside [0, {self.cfg.vocab_size}); use this model's tokenizer")
         tokens = tokens.to(self.device)
-        bucket = next((b for b in GRAPH_BUCKETS if b >= T), None)
-        self._uses[bucket] = self._uses.get(bucket, 0) + 1
-        # a bucket's graph is captured on its second use (capture costs ~1 s; one-shot runs go eager)
-        bucketed = self.device.type == "cuda" and start == 0 and bucket is not None and bucket <= self.max_ctx
-        if bucketed and (bucket in self._graphs or self._uses[bucket] >= 2):
-            graph, static = self._graph(bucket)
-            static.zero_()
-            static[:T] = tokens
-            graph.replay()
-        elif bucketed:  # eager, but padded to the bucket like the graph: the same GEMM shapes, so
-            # the same cuBLAS kernels and bitwise the same cache as a later replay (float32 GEMM
-            # outputs show any change of kernel or split, and a near-tie token can follow it)
-            padded = torch.zeros(bucket, dtype=torch.long, device=self.device)
-            padded[:T] = tokens
-            self._forward(padded, 0)
-        else:
+        bucket = self._bucket(T) if self.device.type == "cuda" and start == 0 else None
+        if bucket is None:
             self._forward(tokens, start)
+        else:
+            # Padded to the bucket on every use: the graph (captured on the second use; capture
+            # costs ~1 s, one-shot runs go eager) and the first, eager use run the same GEMM shapes,
+            # so the same cuBLAS kernels and bitwise the same cache (float32 GEMM outputs show any
+            # change of kernel or split, and a near-tie token can follow it).
+            self._uses[bucket] = self._uses.get(bucket, 0) + 1
+            graph = None
+            if bucket in self._graphs or self._uses[bucket] >= 2:
+                graph, padded = self._graph(bucket)
+            else:
+                padded = torch.empty(bucket, dtype=torch.long, device=self.device)
+            padded.zero_()
+            padded[:T] = tokens
+            if graph is not None:
+                graph.replay()
+            else:
+                self._forward(padded, 0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the megakernel runs next, on another stream
+
+    def _bucket(self, T: int):
+        """The graph bucket of a T-token fresh prompt, or None when it has none that fits max_ctx."""
+        bucket = next((b for b in GRAPH_BUCKETS if b >= T), None)
+        return bucket if bucket is not None and bucket <= self.max_ctx else None
 
     def _graph(self, bucket: int):
         if bucket not in self._graphs:
@@ -289,6 +302,6 @@ class Prefill:
         if self.device.type != "cuda":
             return
         for T in lengths:
-            bucket = next((b for b in GRAPH_BUCKETS if b >= T), None)
-            if bucket is not None and bucket <= self.max_ctx:
+            bucket = self._bucket(T)
+            if bucket is not None:
                 self._graph(bucket)

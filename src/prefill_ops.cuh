@@ -7,7 +7,7 @@
 //                        k and v -> this layer's KV cache at positions start.. (bf16)
 //   mk_prefill_silu_mul: act = bf16(silu(gate) * up)                 gu: (T, inter, 2) float32
 // Each returns 0, or a CUDA error code with the launch's error. Checked against the PyTorch
-// path by tests/test_gpu.py (test_prefill_ops_match_pytorch). Numerics follow PyTorch's float32
+// path by tests/test_gpu.py (test_prefill_kernels_match_the_pytorch_ops). Numerics follow PyTorch's float32
 // ops (rsqrt(mean(x^2) + eps), cosf/sinf of position * inv_freq) with one rounding to bf16.
 #pragma once
 #include <cuda_runtime.h>
