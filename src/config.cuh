@@ -22,8 +22,12 @@ constexpr int kGroupDim = kGroup * kHeadDim;        // 256: one KV head's query 
 constexpr int kQKVDim = kQDim + 2 * kKVDim;         // 4096 rows of the fused QKV matrix
 constexpr float kRmsEps = MK_RMS_EPS;
 
+// Timing experiments only (RESEARCH.md sections 7 and 10); 0 in every real build. Bits:
+//   4 per-stage timestamps of step 1 (the harness prints the breakdown), 8 dot-product cycles and
+//   poll round trips, 16 no weight copies (slots stay zero), 32 no dot products, 64 no L2
+//   prefetch, 128 weight copies from a 4 MB window that stays in L2 (sm_90).
 #ifndef MK_EXP
-#define MK_EXP 0  // timing experiments only (see RESEARCH.md); 0 in every real build
+#define MK_EXP 0
 #endif
 
 // ---- tuning ---------------------------------------------------------------------------------
@@ -37,14 +41,19 @@ constexpr int kSlotBytes = 12288;
 constexpr int kMaxSlots = 32;                        // shared-memory control arrays
 // Ring depth: min(this, what shared memory holds); tuned on an H200 (RESEARCH.md).
 constexpr int kRingSlots = 16;  // a multiple of kConsumerWarps (gemv_stage)
-// Warps that compute. With the producer warp that makes 9 warps: 3 on one SM sub-partition, so
-// every thread gets at most 168 registers. The GEMV holds at most 1024 activations in registers
+// Warps that compute. With the two producer warps that makes 10 warps: 3 on two SM
+// sub-partitions, so every thread gets at most 168 registers. The GEMV holds at most 1024 activations in registers
 // (gemv.cuh) to stay inside that.
 constexpr int kConsumerWarps = 8;
-// One producer warp: on sm_90 one lane issues bulk copies; older GPUs copy with its 32 lanes,
-// a whole slot's loads in flight at once. (One block size for every architecture: nvcc applies
-// a kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
-constexpr int kProducerWarps = 1;
+// Two producer warps: the fill warp (on sm_90 one lane issues bulk copies; older GPUs copy with
+// its 32 lanes) and the prefetch warp, whose 32 lanes keep an L2 prefetch front ahead of the
+// fills, line by line (prefetch.cuh). (One block size for every architecture: nvcc applies a
+// kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
+constexpr int kProducerWarps = 2;
+// Two builds of the kernel (megakernel.cu, MkVariant): launches whose mean position is below
+// this run the short-context one (prefetch warp), the others the long-context one (lane-0 bulk
+// prefetch; the split-KV scan is latency-bound and suffers from the prefetch warp's traffic).
+constexpr int kShortCtxPositions = 512;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 constexpr int kAttnQuantum = kConsumerWarps * 4;     // positions the warps take in one pass: the smallest chunk
 #ifndef MK_ATTN_PREFETCH

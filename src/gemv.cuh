@@ -60,6 +60,8 @@ __device__ __forceinline__ float pick(const float (&acc)[N], int i) {
 }
 
 // Runs the stage's slots through dot(tile, acc) (this lane's partial sums of the slot's rows).
+// stage_kind names the stage for the timing builds only: its kind (megakernel.cu's stamps: 0 QKV,
+// 2 O, 3 gate/up, 4 down, 5 LM head) + 8 * layer.
 template <int K, class Dot, class Epilogue>
 __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Segment& s, int step,
                                          int stage_kind, Dot&& dot, Epilogue&& epilogue) {
@@ -78,7 +80,12 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
     const uint64_t tw0 = global_timer_ns();
     const bool landed = ring.wait_full(p, seq, step);
     if (step == 1 && (threadIdx.x & 31) == 0)
-      atomicAdd(dbg_counters(p) + kDbgRingWait + stage_kind, global_timer_ns() - tw0);
+    {
+      const unsigned long long waited = global_timer_ns() - tw0;
+      atomicAdd(dbg_counters(p) + kDbgRingWait + stage_kind % 8, waited);
+      const int timed = stage_kind % 8 == 5 ? 5 * kLayers : 5 * (stage_kind / 8) + stage_kind % 8;
+      atomicMax(p.dbg_times + ((size_t)blockIdx.x * kTimedStages + timed) * kStampWords + 2, waited);
+    }
     if (landed) {
 #else
     if (ring.wait_full(p, seq, step)) {
@@ -92,9 +99,12 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
       const long long c1 = clock64_after(s1);
       if (step == 1 && (threadIdx.x & 31) == 0) {
         unsigned long long* d = dbg_counters(p);
-        atomicAdd(d + kDbgDotCycles + stage_kind, (unsigned long long)(c1 - c0));
-        atomicAdd(d + kDbgDotSlots + stage_kind, 1ull);
+        atomicAdd(d + kDbgDotCycles + stage_kind % 8, (unsigned long long)(c1 - c0));
+        atomicAdd(d + kDbgDotSlots + stage_kind % 8, 1ull);
       }
+#elif MK_EXP & 32  // experiment: no arithmetic on the weights (the waits and the stream alone)
+#pragma unroll
+      for (int r = 0; r < RPS; ++r) acc[r] = 0.f;
 #else
       dot(ring.slot_ptr(seq), acc);
 #endif

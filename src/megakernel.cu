@@ -21,18 +21,21 @@
 #include "attention.cuh"
 #include "barriers.cuh"
 #include "gemv.cuh"
+#include "prefetch.cuh"
 #include "rmsnorm.cuh"
 #include "sampling.cuh"
 #include "weight_ring.cuh"
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
-// MK_EXP & 4 (timing builds only): thread 0 stamps, for step 1, when each stage's input was
-// ready (kind 0) and when its outputs were written (kind 1). The harness prints the breakdown.
+// MK_EXP & 4 (timing builds only): for step 1, thread 0 stamps when each stage's input was ready
+// (kind 0), and every consumer warp when it had written its outputs (kind 1: the block's last
+// warp counts). The harness prints the breakdown.
 __device__ __forceinline__ void stamp(const MkParams& p, int step, int stage, int kind) {
 #if MK_EXP & 4
-  if (step == 1 && threadIdx.x == 0)
-    p.dbg_times[((size_t)blockIdx.x * kTimedStages + stage) * 2 + kind] = global_timer_ns();
+  unsigned long long* d = p.dbg_times + ((size_t)blockIdx.x * kTimedStages + stage) * kStampWords + kind;
+  if (step == 1 && kind == 0 && threadIdx.x == 0) *d = global_timer_ns();
+  if (step == 1 && kind == 1 && (threadIdx.x & 31) == 0) atomicMax(d, (unsigned long long)global_timer_ns());
 #endif
 }
 
@@ -128,7 +131,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         stamp(p, step, 5 * L, 0);
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagQKV);
-        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 0,
+        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 0 + 8 * L,
                             [&](int row0, int rows, const auto& acc) {
                               if (lane < rows && !mute) ll_store(p.qkv + row0 + lane, pick(acc, lane), tag);
                             });
@@ -145,7 +148,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         load_x_smem<kGroupDim>(ctl.attn_o, xo);
         stamp(p, step, 5 * L + 2, 0);
         unsigned long long* hred = p.hred + ((size_t)(step & 1) * kLayers + L) * kHidden;
-        gemv_stage<kGroupDim>(p, ring, xo, stream_segment(p, idx++), step, 2,
+        gemv_stage<kGroupDim>(p, ring, xo, stream_segment(p, idx++), step, 2 + 8 * L,
                               [&](int row0, int rows, const auto& acc) {
                                 if (lane < rows) red_add_counted(hred + row0 + lane, pick(acc, lane));
                               });
@@ -161,7 +164,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
             p.dbg_hidden[(size_t)(2 * L) * kHidden + r] = ctl.h_full[r];
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagAct);
-        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 3,
+        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 3 + 8 * L,
                             [&](int row0, int rows, const auto& acc) {
                               if (2 * lane < rows)
                                 ll_store(p.act + row0 / 2 + lane, silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1), tag);
@@ -172,7 +175,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[0], step)) goto done;
         stamp(p, step, 5 * L + 4, 0);
         const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
-        gemv_stage_smem<kInter>(p, ring, ctl.xs[0], stream_segment(p, idx++), step, 4,
+        gemv_stage_smem<kInter>(p, ring, ctl.xs[0], stream_segment(p, idx++), step, 4 + 8 * L,
                                 [&](int row0, int rows, const auto& acc) {
                                   residual_add(p, ctl, row0, rows, acc, tag, 2 * L + 1);
                                 });
@@ -236,13 +239,26 @@ constexpr int kMaxRegs = (16384 / (kWarpsPerSubPartition * 32)) / 8 * 8 > 248 ? 
 #else
 #define MK_KERNEL_BOUNDS __launch_bounds__(kBlockThreads, 1)
 #endif
+// Two builds of the same kernel: the short-context one (a prefetch warp keeps the L2 ahead of the
+// weight copies, prefetch.cuh) and the long-context one (lane 0 of the fill warp prefetches with
+// bulk prefetches; its prefetch warp leaves at once). mk_run picks by the launch's mean position.
+enum MkVariant { kShortCtx = 0, kLongCtx = 1 };
+template <int kVariant>
 __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkParams p) {
   extern __shared__ __align__(128) uint8_t ring_slots[];
   __shared__ BlockControl ctl;
   ring_init(ctl, p.nslots);
+#if MK_EXP & 16
+  for (int i = threadIdx.x; i < p.nslots * kSlotBytes / 16; i += blockDim.x)
+    reinterpret_cast<uint4*>(ring_slots)[i] = make_uint4(0, 0, 0, 0);
+#endif
   __syncthreads();
   const int warp = threadIdx.x / 32;
-  if (warp >= kConsumerWarps) producer_main(p, ctl, ring_slots);
+  if (warp == kConsumerWarps + 1) {
+    if (kVariant == kShortCtx) prefetch_main(p, ctl);
+    return;
+  }
+  if (warp >= kConsumerWarps) producer_main<kVariant == kLongCtx>(p, ctl, ring_slots);
   else consumer_main(p, ctl, ring_slots);
 }
 
@@ -280,6 +296,15 @@ static const char* kAbiVersion = "megakernel-abi-3";  // host/launcher.py ABI_VE
       return -1;                                                                               \
     }                                                                                          \
   } while (0)
+
+static const void* const kKernels[2] = {(const void*)qwen3_megakernel<kShortCtx>, (const void*)qwen3_megakernel<kLongCtx>};
+
+// The kernel build for a launch: short-context below kShortCtxPositions of mean position.
+// MK_KERNEL=short|long forces one (measurements).
+static int launch_variant(int pos0, int n_steps) {
+  if (const char* env = getenv("MK_KERNEL")) return strcmp(env, "long") == 0 ? kLongCtx : kShortCtx;
+  return pos0 + n_steps / 2 < kShortCtxPositions ? kShortCtx : kLongCtx;
+}
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 // The counted words of two steps (params.cuh, hred); zeroed before every launch.
@@ -366,7 +391,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   }
   // Ring depth: as many slots as the device's opt-in shared memory holds, beside the static part.
   cudaFuncAttributes fa;
-  MK_TRY(cudaFuncGetAttributes(&fa, qwen3_megakernel));
+  MK_TRY(cudaFuncGetAttributes(&fa, qwen3_megakernel<kShortCtx>));
   const size_t avail = prop.sharedMemPerBlockOptin - fa.sharedSizeBytes - 1024;
   e->nslots = (int)std::min<size_t>(kRingSlots, avail / kSlotBytes);
   if (const char* env = getenv("MK_RING_SLOTS")) e->nslots = std::min(e->nslots, atoi(env));  // tuning knob
@@ -377,10 +402,15 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
     return -1;
   }
   e->smem = (size_t)e->nslots * kSlotBytes;
-  MK_TRY(cudaFuncSetAttribute(qwen3_megakernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->smem));
+  for (const void* k : kKernels)
+    MK_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->smem));
   e->threads = kBlockThreads;
   int per_sm = 0;
-  MK_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, qwen3_megakernel, e->threads, e->smem));
+  for (const void* k : kKernels) {  // both builds must fit; the smaller count decides
+    int n = 0;
+    MK_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, e->threads, e->smem));
+    per_sm = k == kKernels[0] ? n : std::min(per_sm, n);
+  }
   if (per_sm < 1) {
     e->err = "the kernel cannot be resident on this GPU (occupancy 0 with " + std::to_string(e->smem) + " B shared memory)";
     return -1;
@@ -616,7 +646,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
   void* args[] = {&p};
   MK_TRY(cudaEventRecord(e->ev0));
-  MK_TRY(cudaLaunchCooperativeKernel((const void*)qwen3_megakernel, dim3(e->grid), dim3(e->threads), args,
+  MK_TRY(cudaLaunchCooperativeKernel(kKernels[launch_variant(pos0, n_steps)], dim3(e->grid), dim3(e->threads), args,
                                      e->smem, 0));
   MK_TRY(cudaEventRecord(e->ev1));
   MK_TRY(cudaEventSynchronize(e->ev1));
@@ -724,7 +754,7 @@ int main(int argc, char** argv) {
     const int G = e->grid;
     std::vector<unsigned long long> t(dbg_words(G));
     CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_times, t.size() * 8, cudaMemcpyDeviceToHost));
-    auto T = [&](int b, int s, int k) { return (double)t[((size_t)b * kTimedStages + s) * 2 + k]; };
+    auto T = [&](int b, int s, int k) { return (double)t[((size_t)b * kTimedStages + s) * kStampWords + k]; };
     const char* names[6] = {"qkv", "attn", "o", "gateup", "down", "lm"};
     std::vector<double> span[6], lat[6], work[6], spread[6];
     for (int s = 1; s < kTimedStages; ++s) {
@@ -743,7 +773,7 @@ int main(int argc, char** argv) {
     }
     auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v.empty() ? 0.0 : v[v.size() / 2]; };
     printf("stage   span   latency  skew   work  ring-wait/warp (us, medians over layers, step 1)\n");
-    const unsigned long long* counters = t.data() + (size_t)G * kTimedStages * 2;
+    const unsigned long long* counters = t.data() + (size_t)G * kTimedStages * kStampWords;
     for (int k = 0; k < 6; ++k)
       printf("%-7s %6.2f %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]),
              counters[kDbgRingWait + k] / 1e3 / G / kConsumerWarps / (k == 5 ? 1 : kLayers));
@@ -752,17 +782,26 @@ int main(int argc, char** argv) {
              (double)counters[kDbgPollCycles] / counters[kDbgPolls], (double)counters[kDbgPollRounds] / counters[kDbgPolls], counters[kDbgPolls]);
     {  // each block's own time from its input ready to its warp 0 done, and its poll latency
       for (int k = 0; k < 5; ++k) {
-        std::vector<double> own, lat_b;
+        std::vector<double> own, lat_b, rw, rw_max;
         for (int s = 1; s < kTimedStages - 1; ++s) {
           if (s % 5 != k) continue;
-          double prev_done = 0;
+          double prev_done = 0, m = 0;
           for (int b = 0; b < G; ++b) prev_done = std::max(prev_done, T(b, s - 1, 1));
-          for (int b = 0; b < G; ++b) { own.push_back((T(b, s, 1) - T(b, s, 0)) / 1e3); lat_b.push_back((T(b, s, 0) - prev_done) / 1e3); }
+          for (int b = 0; b < G; ++b) {
+            own.push_back((T(b, s, 1) - T(b, s, 0)) / 1e3);
+            lat_b.push_back((T(b, s, 0) - prev_done) / 1e3);
+            rw.push_back(T(b, s, 2) / 1e3);
+            m = std::max(m, T(b, s, 2) / 1e3);
+          }
+          rw_max.push_back(m);
         }
         std::sort(own.begin(), own.end());
         std::sort(lat_b.begin(), lat_b.end());
-        printf("%-7s own work median %.2f p90 %.2f max %.2f | ready after last input: median %.2f p90 %.2f max %.2f\n", names[k],
-               own[own.size() / 2], own[own.size() * 9 / 10], own.back(), lat_b[lat_b.size() / 2], lat_b[lat_b.size() * 9 / 10], lat_b.back());
+        std::sort(rw.begin(), rw.end());
+        printf("%-7s own work median %.2f p90 %.2f max %.2f | ready after last input: median %.2f p90 %.2f max %.2f"
+               " | longest ring wait of a block: median %.2f p90 %.2f, max over blocks (median over layers) %.2f\n", names[k],
+               own[own.size() / 2], own[own.size() * 9 / 10], own.back(), lat_b[lat_b.size() / 2], lat_b[lat_b.size() * 9 / 10], lat_b.back(),
+               rw[rw.size() / 2], rw[rw.size() * 9 / 10], med(rw_max));
       }
     }
     if (MK_EXP & 8)

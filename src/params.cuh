@@ -79,17 +79,19 @@ struct MkParams {
   int fault_layer;              // ... of this layer (-1: off), so the launch must time out
 };
 
-// MK_EXP timing builds: dbg_times holds (grid, kTimedStages, 2) stage timestamps of step 1, then
+// MK_EXP timing builds: dbg_times holds (grid, kTimedStages, kStampWords) words of step 1 (input ready, last warp done,
+// longest ring wait of a warp, ns), then
 // kDbgCounters counters summed over blocks: ring waits per stage kind (ns), and with MK_EXP & 8
 // slot dot cycles and slots per stage kind, poll round trip cycles, poll rounds, polls.
 constexpr int kTimedStages = 5 * kLayers + 1;
+constexpr int kStampWords = 3;
 enum DbgCounter {
   kDbgRingWait = 0, kDbgDotCycles = 8, kDbgDotSlots = 24, kDbgPollCycles = 32, kDbgPollRounds = 33,
   kDbgPolls = 34, kDbgCounters = 40
 };
-__host__ __device__ constexpr size_t dbg_words(int grid) { return (size_t)grid * kTimedStages * 2 + kDbgCounters; }
+__host__ __device__ constexpr size_t dbg_words(int grid) { return (size_t)grid * kTimedStages * kStampWords + kDbgCounters; }
 #ifdef __CUDACC__
 __device__ __forceinline__ unsigned long long* dbg_counters(const MkParams& p) {
-  return p.dbg_times + (size_t)gridDim.x * kTimedStages * 2;
+  return p.dbg_times + (size_t)gridDim.x * kTimedStages * kStampWords;
 }
 #endif

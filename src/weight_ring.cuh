@@ -211,6 +211,7 @@ __device__ __forceinline__ void ring_init(BlockControl& ctl, int nslots) {
     }
     ctl.abort = 0;
     ctl.consumers_done = 0;
+    ctl.fill_seq = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
 #endif
@@ -267,10 +268,11 @@ struct StreamCursor {
   }
 };
 
-// The producer warp: stream every segment of every step into the ring. On sm_90 the lane
-// also keeps an L2 prefetch front p.prefetch_slots slots ahead of the ring: the ring (shared
-// memory) holds under half a layer, the L2 holds more, so DRAM keeps streaming while the
-// consumers wait on activations and the ring sits full.
+// The producer warp: stream every segment of every step into the ring, in use order.
+// kBulkPrefetch (the long-context kernel, sm_90): lane 0 also keeps an L2 prefetch front
+// p.prefetch_slots slots ahead of the fills with bulk prefetches. Otherwise the prefetch warp
+// (prefetch.cuh) does it, and the producer publishes how many slots it has issued (ctl.fill_seq).
+template <bool kBulkPrefetch>
 __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring r{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -278,17 +280,21 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
   if (lane != 0) return;
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  StreamCursor pf;
-  pf.begin(p);
-  uint32_t pf_seq = 0;
 #endif
   StreamCursor fill;
   fill.begin(p);
   uint32_t seq = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  StreamCursor pf;
+  if (kBulkPrefetch) pf.begin(p);
+  uint32_t pf_seq = 0;
+#endif
   for (; !fill.done(p); ++seq, fill.advance(p)) {
     const unsigned bytes = fill.bytes();
     uint8_t* dst = slots + (size_t)(seq % r.nslots) * kSlotBytes;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (!kBulkPrefetch && lane == 0) ctl.fill_seq = seq;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !(MK_EXP & 64)
+    if (kBulkPrefetch)
     for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p)) {
       if (pf.contiguous()) {
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.src()), "r"(pf.bytes()) : "memory");
@@ -298,12 +304,31 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
                        :: "l"(pf.src() + (size_t)r * pf.s.ld), "r"((unsigned)pf.s.K * 2) : "memory");
       }
     }
+#endif
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if MK_EXP & 16  // experiment: no weight copies (slots keep the zeros written at start)
+    if (!producer_wait_empty(p, r, seq)) break;
+    mbar_expect_tx(&ctl.full[seq % r.nslots], 0);
+    continue;
+#endif
     if (!producer_wait_empty(p, r, seq)) break;
     // The consumers' last reads of this slot were ordinary (generic-proxy) loads, ordered before
     // this point by the empty mbarrier; the refill is an async-proxy write: order them across proxies.
     asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
     unsigned long long* full = &ctl.full[seq % r.nslots];
     mbar_expect_tx(full, bytes);
+#if MK_EXP & 128  // experiment: the same copies, but from a 4 MB window that stays in L2
+    if (true) {
+      const uint64_t win = (uint64_t)4 << 20;
+      for (int r = 0; r < fill.rows(); ++r) {
+        const unsigned rb = fill.contiguous() ? bytes : (unsigned)fill.s.K * 2;
+        const char* s0 = reinterpret_cast<const char*>(fill.src() + (size_t)r * fill.s.ld);
+        const char* b0 = reinterpret_cast<const char*>(p.embed);
+        bulk_copy_g2s(dst + r * (size_t)fill.s.K * 2, b0 + (uint64_t)(s0 - b0) % win, rb, full, policy);
+        if (fill.contiguous()) break;
+      }
+    } else
+#endif
     if (fill.contiguous()) {
       bulk_copy_g2s(dst, fill.src(), bytes, full, policy);
     } else {  // a column panel: one copy per row
@@ -352,3 +377,4 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
   }
 #endif
 }
+
