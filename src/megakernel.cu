@@ -5,8 +5,8 @@
 //   make            -> build/megakernel (harness: build/megakernel WEIGHTS.bin [--steps N])
 //   make lib        -> build/libmegakernel.so (loaded by host/launcher.py)
 //
-// Block layout: kConsumerWarps compute warps + one weight-stream (producer) warp, one block per
-// SM (the ring takes most of shared memory), launched cooperatively so that all blocks are
+// Block layout: kConsumerWarps compute warps + the weight-stream (fill) warp + the L2 prefetch
+// warp (short-context build only; prefetch.cuh), one block per SM (the ring takes most of shared memory), launched cooperatively so that all blocks are
 // resident. Per layer, 4 waits on other blocks: QKV -> attention + O (each KV-head group of
 // blocks computes its head's attention and multiplies it by its panel of Wo; the groups' sums
 // meet in counted words) -> gate/up+SiLU -> down+residual; each waits on its input's tagged
