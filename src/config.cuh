@@ -42,8 +42,8 @@ constexpr int kMaxSlots = 32;                        // shared-memory control ar
 // Ring depth: min(this, what shared memory holds); tuned on an H200 (RESEARCH.md).
 constexpr int kRingSlots = 16;  // a multiple of kConsumerWarps (gemv_stage)
 // Warps that compute. With the two producer warps that makes 10 warps: 3 on two SM
-// sub-partitions, so every thread gets at most 168 registers. The GEMV holds at most 1024 activations in registers
-// (gemv.cuh) to stay inside that.
+// sub-partitions, so every thread gets at most 168 registers. The GEMV holds at most 1024
+// activations in registers (gemv.cuh) to stay inside that.
 constexpr int kConsumerWarps = 8;
 // Two producer warps: the fill warp (on sm_90 one lane issues bulk copies; older GPUs copy with
 // its 32 lanes) and the prefetch warp, whose 32 lanes keep an L2 prefetch front ahead of the

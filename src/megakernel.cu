@@ -6,12 +6,13 @@
 //   make lib        -> build/libmegakernel.so (loaded by host/launcher.py)
 //
 // Block layout: kConsumerWarps compute warps + the weight-stream (fill) warp + the L2 prefetch
-// warp (short-context build only; prefetch.cuh), one block per SM (the ring takes most of shared memory), launched cooperatively so that all blocks are
-// resident. Per layer, 4 waits on other blocks: QKV -> attention + O (each KV-head group of
+// warp (short-context build only; prefetch.cuh), one block per SM (the ring takes most of
+// shared memory), launched cooperatively so that all blocks are resident. Per layer, 4 waits on other blocks: QKV -> attention + O (each KV-head group of
 // blocks computes its head's attention and multiplies it by its panel of Wo; the groups' sums
 // meet in counted words) -> gate/up+SiLU -> down+residual; each waits on its input's tagged
 // or counted words (barriers.cuh), not on a grid barrier. The weight stream (weight_ring.cuh)
 // never waits on activations.
+#include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -405,11 +406,11 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   for (const void* k : kKernels)
     MK_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->smem));
   e->threads = kBlockThreads;
-  int per_sm = 0;
+  int per_sm = INT_MAX;
   for (const void* k : kKernels) {  // both builds must fit; the smaller count decides
     int n = 0;
     MK_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, e->threads, e->smem));
-    per_sm = k == kKernels[0] ? n : std::min(per_sm, n);
+    per_sm = std::min(per_sm, n);
   }
   if (per_sm < 1) {
     e->err = "the kernel cannot be resident on this GPU (occupancy 0 with " + std::to_string(e->smem) + " B shared memory)";

@@ -2,9 +2,9 @@
 // as the fill warp (weight_ring.cuh), p.prefetch_slots slots ahead of the fills, and asks the
 // L2 for every 128-byte line of each slot (prefetch.global.L2), 32 lanes at a time.
 //
-// Why (RESEARCH.md section 10): with the lane-0 bulk prefetch, at short contexts the last block
-// of each stage waited 2.5-3.8 us (median over layers) for a ring slot, and that slot decided
-// the stage. With this warp's line prefetches no block waited more than 0.2 us, and context 1
+// Why (RESEARCH.md section 10): with the lane-0 bulk prefetch, at short contexts the slowest
+// block of each stage waited 2.0-3.8 us (median over layers) for a ring slot, and that slot
+// decided the stage. With this warp's line prefetches that wait was 0.2 us at most, and context 1
 // went from 1,407 to 1,594 tok/s on the H100. At 1,024 positions and beyond the same build was
 // 5-10% slower than the bulk-prefetch kernel (the split-KV scan is latency-bound and meets more
 // DRAM traffic), so long launches run the other kernel (megakernel.cu, MkVariant).
@@ -22,13 +22,9 @@ __device__ __forceinline__ void prefetch_main(const MkParams& p, BlockControl& c
       if (ctl.consumers_done || error_raised(p)) return;
       __nanosleep(64);
     }
-    const int row_bytes = pf.s.K * 2;
-    const int lines = pf.rows() * row_bytes / 128;
-    for (int i = lane; i < lines; i += 32) {
-      const int byte = i * 128;
-      asm volatile("prefetch.global.L2 [%0];"
-                   :: "l"(reinterpret_cast<const char*>(pf.src() + (size_t)(byte / row_bytes) * pf.s.ld) + byte % row_bytes));
-    }
+    constexpr int kPiecesPerLine = 128 / 16;  // StreamCursor::piece counts 16-byte pieces
+    for (int i = lane; i < (int)pf.bytes() / 128; i += 32)
+      asm volatile("prefetch.global.L2 [%0];" :: "l"(pf.piece(i * kPiecesPerLine)));
   }
 #endif
 }

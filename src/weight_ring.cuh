@@ -377,4 +377,3 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
   }
 #endif
 }
-
