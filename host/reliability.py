@@ -120,10 +120,16 @@ def soak(flat: str, generations: int = 500, tokens: int = 200_000, max_ctx: int 
     return r
 
 
-def decode(flat: str, steps: int = 8, one_step_launches: bool = False) -> list:
+def decode(flat: str, steps: int = 8, one_step_launches: bool = False, position: int = 0) -> list:
     """`steps` decode steps through the kernel only from a one-token prompt (no PyTorch kernels):
     what the sanitizers watch. one_step_launches: a launch per step, so that a slow tool can
-    check some of them per run (compute-sanitizer --launch-skip / --launch-count)."""
+    check some of them per run (compute-sanitizer --launch-skip / --launch-count).
+    position > 0: the steps start there, over the cache as the engine allocated it (zeros), so
+    the attention scans `position` cached positions (split-KV chunks, staged batches) with no
+    prefill kernels."""
+    if position > 0:
+        with Engine(flat, max_ctx=position + steps + 8, quiet=True) as eng:
+            return eng.run([], position, steps, start_token=11)
     with Engine(flat, max_ctx=64, quiet=True) as eng:
         if not one_step_launches:
             return eng.generate([11], steps, prefill="kernel")
@@ -142,13 +148,14 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=100, help="determinism: generations of the same prompt")
     ap.add_argument("--steps", type=int, default=8, help="decode: new tokens")
     ap.add_argument("--one-step-launches", action="store_true", help="decode: one launch per step")
+    ap.add_argument("--position", type=int, default=0, help="decode: first position (over a zeroed cache)")
     ap.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(2), "little"))
     ap.add_argument("--json", help="write the report here")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         flat = a.weights or write_random_flat(tmp, seed=a.seed, embed_std=VALIDATION_EMBED_STD)
         if a.what == "decode":
-            print("decode:", decode(flat, a.steps, a.one_step_launches))
+            print("decode:", decode(flat, a.steps, a.one_step_launches, a.position))
             return 0
         r = determinism(flat, a.repeats, seed=a.seed) if a.what == "determinism" else \
             soak(flat, a.generations, a.tokens, seed=a.seed)

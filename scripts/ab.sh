@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Same-machine A/B of kernel versions and tuning knobs (code generation alone moves this kernel by
 # ~13%: compare only within one call). Builds the harness of commit $BASE (default HEAD) and of
-# the working tree, then runs alternating rounds:
+# the working tree (BASE_DIR=dir: the src/ and host/ in dir instead of a commit), then runs
+# alternating rounds:
 #   BASE=HEAD CTXS="1 1024" STEPS=512 ROUNDS=2 VARIANTS="inflight4:MK_INFLIGHT=4 pf0:MK_PREFETCH_SLOTS=0" scripts/ab.sh
 # Each variant is "name:VAR=value,VAR=value" and runs the working tree's build with those
 # environment variables; "base" and "new" (no variables) always run. EXP=4 adds the per-stage
@@ -11,7 +12,12 @@ cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path" build
 ln -sfn "$PWD/host" "$WORK/path/megakernel"; export PYTHONPATH="$WORK/path"
 BASE=${BASE:-HEAD}
-rm -rf "$WORK/base" && mkdir -p "$WORK/base/path" && git archive "$BASE" src host | tar -x -C "$WORK/base"
+rm -rf "$WORK/base" && mkdir -p "$WORK/base/path"
+if [ -n "${BASE_DIR:-}" ]; then  # a copy of src/ and host/ (the device's .git can be stale)
+  cp -r "$BASE_DIR/src" "$BASE_DIR/host" "$WORK/base/"
+else
+  git archive "$BASE" src host | tar -x -C "$WORK/base"
+fi
 ln -sfn "$WORK/base/host" "$WORK/base/path/megakernel"
 # One random checkpoint (seed 7) per flat-format version, converted by that side's own package
 # (scripts/rand_flat.sh), in the background while nvcc builds.

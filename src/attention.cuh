@@ -50,6 +50,39 @@ __device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t
   }
 }
 
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// The scan's second batch in flight (sm_80+): K and V rows tb..tb+3 (clamped below t_end) copied
+// into the warp's 2 KB staging buffer with cp.async (K rows 0-3, then V rows 0-3; 16 bytes a lane
+// per copy, L2 -> shared, no registers), while the warp computes the batch in its registers. Before,
+// each batch's loads were issued after the previous batch's arithmetic and waited out a full
+// memory latency (RESEARCH.md section 11).
+constexpr int kKVStageBytes = 8 * kHeadDim * 2;  // 4 positions x (K + V) rows of bf16
+__device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb, int t_end) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int piece = lane + 32 * r;  // 16-byte piece: row piece / 16, column piece % 16
+    const int row = piece / 16, t = min(tb + row % 4, t_end - 1);
+    const bf16_t* src = (row < 4 ? kc : vc) + (size_t)t * kHeadDim + (piece % 16) * 8;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                 :: "r"((uint32_t)__cvta_generic_to_shared(buf + piece * 16)), "l"(src) : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+}
+// Waits for this warp's staged batch and moves it into registers (the layout load_kv_batch gives).
+__device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint2 (&kr)[4], uint2 (&vr)[4]) {
+  const int lane = threadIdx.x & 31;
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+  __syncwarp();  // every lane's copies have landed
+#pragma unroll
+  for (int u = 0; u < 4; ++u) {
+    kr[u] = reinterpret_cast<const uint2*>(buf + u * kHeadDim * 2)[lane];
+    vr[u] = reinterpret_cast<const uint2*>(buf + (4 + u) * kHeadDim * 2)[lane];
+  }
+  __syncwarp();  // every lane has read before the buffer is refilled
+}
+#endif
+
 // Online softmax (base 2): folds scores s[0..3] into running max m, sum l and output o;
 // returns the weights pu of the new scores (masked scores are kNegBig and get ~0).
 __device__ __forceinline__ void online_softmax_update(float& m, float& l, float (&o)[4], const float (&s)[4],
@@ -107,6 +140,13 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     int tb = t0 + warp * 4;
     uint2 kr[4], vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
+#if __CUDA_ARCH__ >= 800
+    // The warps' staging buffers fill the front of xs (q/k/v are staged at its end, the warps'
+    // partials overwrite the front only after the scan and a consumer_sync).
+    uint8_t* kv_buf = reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
+    const bool staged = t_old - t0 > kConsumerWarps * 4;  // some warp has a second batch (block-uniform)
+    if (tb + kConsumerWarps * 4 < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kConsumerWarps * 4, t_old);
+#endif
     const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
     if (prefetch)
 #pragma unroll
@@ -117,8 +157,8 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
 
     // This step's q (kGroup heads), k and v of head j, polled once for the block (all words in
     // flight together) and staged in shared memory for every warp.
-    float* qkv_s = ctl.xs[1];
     constexpr int kQKVWords = (kGroup + 2) * kHeadDim;
+    float* qkv_s = &ctl.xs[1][kStageFloats - kQKVWords];
     if (!stage_words_at<kQKVWords>(
             p, ctl,
             [&](int i) {  // q of the group's heads, then k, then v
@@ -189,7 +229,12 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         }
       }
       if (tb + kConsumerWarps * 4 < t_old) {
+#if __CUDA_ARCH__ >= 800
+        take_kv_batch(kv_buf, kr, vr);
+        if (tb + 2 * kConsumerWarps * 4 < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kConsumerWarps * 4, t_old);
+#else
         load_kv_batch(kc, vc, tb + kConsumerWarps * 4, t_old, kr, vr);
+#endif
         if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kConsumerWarps * 4, t_old);
       }
     }
@@ -204,6 +249,9 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         for (int i = 0; i < 4; ++i) o[g][i] = fmaf(pu[0], vcur[i], o[g][i]);
       }
     }
+#if __CUDA_ARCH__ >= 800
+    if (staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
+#endif
     // merge the warps' partials: warp g merges query head g of the group
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {

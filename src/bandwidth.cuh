@@ -2,8 +2,10 @@
 // A read-only pass over a buffer several times the L2 size, 16-byte loads, grid-stride, with
 // a data-dependent sink so the loads cannot be dropped. The median of `reps` passes is taken.
 #pragma once
+#ifndef __CUDACC_RTC__  // host code's headers; NVRTC (scripts/nvrtc12_check.py) sees the kernel only
 #include <algorithm>
 #include <vector>
+#endif
 
 #include "utils.cuh"
 
@@ -20,6 +22,7 @@ __global__ void read_bandwidth_kernel(const uint4* __restrict__ src, size_t n16,
   if (acc == 0x9e3779b9u) *sink = acc;  // practically never true, but the compiler cannot know
 }
 
+#ifndef __CUDACC_RTC__
 // Returns GB/s (1e9 bytes per second), or a negative value on a CUDA error.
 static double measure_read_bandwidth(size_t bytes, int reps) {
   void* buf = nullptr;
@@ -52,3 +55,4 @@ static double measure_read_bandwidth(size_t bytes, int reps) {
   std::sort(ms.begin(), ms.end());
   return bytes / (ms[ms.size() / 2] * 1e-3) / 1e9;
 }
+#endif  // __CUDACC_RTC__

@@ -42,7 +42,7 @@ struct BlockControl {
   volatile int empty_flag[kMaxSlots];   // portable ring: fill count + 1 once released
   volatile int abort;                   // the block must stop (error seen, or EOS)
   volatile int consumers_done;          // consumers have left: the producer drains and leaves
-  volatile unsigned fill_seq;           // slots the fill warp has issued (read by the prefetch warp)
+  unsigned fill_seq;  // slots the fill warp has issued (atomics only: read by the prefetch warp)
   int is_last;                          // this block finished a reduction last
   float best_val[kConsumerWarps];
   int best_idx[kConsumerWarps];

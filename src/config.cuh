@@ -60,8 +60,11 @@ constexpr int kAttnQuantum = kConsumerWarps * 4;     // positions the warps take
 #define MK_ATTN_PREFETCH 4
 #endif
 constexpr int kAttnPrefetch = MK_ATTN_PREFETCH;      // KV batches a warp prefetches into L2 ahead of its scan,
-constexpr int kAttnPrefetchMinChunk = 1024;          // in chunks of this many positions or more (H100: +8% at
-                                                     // 32K, -4% at 4K when every chunk prefetched)
+#ifndef MK_ATTN_PREFETCH_MIN
+#define MK_ATTN_PREFETCH_MIN 1024
+#endif
+constexpr int kAttnPrefetchMinChunk = MK_ATTN_PREFETCH_MIN;  // in chunks of this many positions or more
+                                                     // (H100: +8% at 32K, -4% at 4K when every chunk prefetched)
 // Staged stage inputs (two buffers, BlockControl::xs) hold this many floats each.
 constexpr int kStageFloats = kInter > kQDim ? kInter : kQDim;
 // Split-KV chunks of one KV head at most (its partials buffer), and how many chunks' partials
@@ -88,6 +91,8 @@ static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) <= kStageFloats,
               "attention's per-warp partials borrow one staged-input buffer");
 static_assert(kGroupDim % 256 == 0, "the O projection's K-slice is read like any row (16-byte pieces, 32 lanes)");
 static_assert(kMergeChunks >= 2, "split-KV needs room for two chunks' partials");
+static_assert(kConsumerWarps * 8 * kHeadDim * 2 + (kGroup + 2) * kHeadDim * 4 <= 2 * kStageFloats * 4,
+              "attention's KV staging buffers (front of xs) and its staged q/k/v (end of xs) overlap");
 
 // ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------
 enum MkErrorCode {

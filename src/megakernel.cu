@@ -12,12 +12,14 @@
 // meet in counted words) -> gate/up+SiLU -> down+residual; each waits on its input's tagged
 // or counted words (barriers.cuh), not on a grid barrier. The weight stream (weight_ring.cuh)
 // never waits on activations.
+#ifndef __CUDACC_RTC__  // host code's headers; NVRTC (scripts/nvrtc12_check.py) sees device code only
 #include <climits>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
+#endif
 
 #include "attention.cuh"
 #include "barriers.cuh"
@@ -61,11 +63,13 @@ __device__ __forceinline__ void residual_add(const MkParams& p, BlockControl& ct
 
 // Waits for the residual stream h written with `tag`, stages it in ctl.h_full and loads it into
 // x (registers, the layout rmsnorm_redundant reads). False when the launch must stop.
-// (ctl.h_full is rewritten here while slow warps of this block may still be in the previous
-// down projection reading their rows of it: each such read precedes the tagged store of that
-// row, which this wait needs first.)
+// The consumer_sync first: ctl.h_full is rewritten here, and slow warps of this block may still
+// be in the previous down projection reading their rows of it (residual_add). The wait below
+// would order those reads anyway (it needs their tagged stores), but only through global memory,
+// which racecheck does not follow; the barrier costs little, as the wait needs those warps.
 __device__ __forceinline__ bool load_residual(const MkParams& p, BlockControl& ctl, uint32_t tag,
                                               float (&x)[kHidden / 32], int step) {
+  consumer_sync();
   if (!ll_stage<kHidden>(p, ctl, p.h, tag, ctl.h_full, step)) return false;
   load_x_smem<kHidden>(ctl.h_full, x);
   return true;
@@ -266,6 +270,7 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
 // =============================================================================================
 // Host side: the engine behind the C API (host/launcher.py binds it with ctypes).
 // =============================================================================================
+#ifndef __CUDACC_RTC__
 #include "flat_file.h"
 
 struct MkEngine {
@@ -689,12 +694,14 @@ int mk_get_debug(MkEngine* e, float* hidden, float* logits) {
 }
 
 }  // extern "C"
+#endif  // __CUDACC_RTC__
 
 // =============================================================================================
 // Roofline helpers shared by the harness and host/benchmark.py.
 // =============================================================================================
 #include "bandwidth.cuh"
 
+#ifndef __CUDACC_RTC__
 extern "C" {
 
 double mk_measure_read_bandwidth(double gigabytes, int reps) {
@@ -713,6 +720,7 @@ double mk_bytes_per_token(MkEngine* e, int context) {
 }
 
 }  // extern "C"
+#endif  // __CUDACC_RTC__
 
 // The bulk prefill's fused elementwise kernels (host/prefill.py).
 #include "prefill_ops.cuh"

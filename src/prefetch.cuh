@@ -18,7 +18,9 @@ __device__ __forceinline__ void prefetch_main(const MkParams& p, BlockControl& c
   StreamCursor pf;
   pf.begin(p);
   for (uint32_t pf_seq = 0; !pf.done(p); ++pf_seq, pf.advance(p)) {
-    while (pf_seq >= ctl.fill_seq + (uint32_t)p.prefetch_slots) {  // stay p.prefetch_slots ahead of the fills
+    // Stay p.prefetch_slots ahead of the fills. fill_seq is a hint with no ordering duty, but a
+    // plain read of it beside the fill warp's plain write is a data race (racecheck says so).
+    while (pf_seq >= atomicAdd(&ctl.fill_seq, 0u) + (uint32_t)p.prefetch_slots) {
       if (ctl.consumers_done || error_raised(p)) return;
       __nanosleep(64);
     }

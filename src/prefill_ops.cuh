@@ -10,7 +10,9 @@
 // path by tests/test_gpu.py (test_prefill_kernels_match_the_pytorch_ops). Numerics follow PyTorch's float32
 // ops (rsqrt(mean(x^2) + eps), cosf/sinf of position * inv_freq) with one rounding to bf16.
 #pragma once
+#ifndef __CUDACC_RTC__  // host-only; NVRTC (scripts/nvrtc12_check.py) sees the kernels only
 #include <cuda_runtime.h>
+#endif
 
 #include "config.cuh"
 #include "utils.cuh"
@@ -100,6 +102,7 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_silu_mul(const float4
   act[i] = (uint32_t)float_to_bf16(a) | ((uint32_t)float_to_bf16(b) << 16);
 }
 
+#ifndef __CUDACC_RTC__  // the launchers: host code
 extern "C" {
 
 int mk_prefill_rmsnorm(const float* h, const float* w, bf16_t* out, int T, float eps, void* stream) {
@@ -129,3 +132,4 @@ int mk_prefill_silu_mul(const float* gu, bf16_t* act, int T, void* stream) {
 }
 
 }  // extern "C"
+#endif  // __CUDACC_RTC__

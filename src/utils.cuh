@@ -4,8 +4,10 @@
 //   - CUDA_CHECK for host code
 #pragma once
 #include <cstdint>
+#ifndef __CUDACC_RTC__  // host-only; NVRTC (scripts/nvrtc12_check.py) builds in what device code needs
 #include <cstdio>
 #include <cuda_runtime.h>
+#endif
 
 typedef uint16_t bf16_t;  // raw bfloat16 bits
 

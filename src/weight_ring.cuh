@@ -183,15 +183,19 @@ struct Ring {
 
   // Whole warp, after its last read of the slot.
   __device__ __forceinline__ void release(uint32_t seq) const {
+#if MK_RING_MBAR
+    // Every lane arrives (the empty mbarrier expects 32): each arrive releases that lane's own
+    // reads of the slot to the producer's wait. (With __syncwarp and one lane's arrive the order
+    // holds too, but compute-sanitizer's racecheck does not carry it through the __syncwarp and
+    // reported the refill as a race with the reads.)
+    mbar_arrive(&ctl->empty[seq % nslots]);
+#else
     __syncwarp();
     if ((threadIdx.x & 31) == 0) {
-#if MK_RING_MBAR
-      mbar_arrive(&ctl->empty[seq % nslots]);
-#else
       __threadfence_block();
       ctl->empty_flag[seq % nslots] = (int)(seq / nslots) + 1;
-#endif
     }
+#endif
   }
 };
 
@@ -204,7 +208,7 @@ __device__ __forceinline__ void ring_init(BlockControl& ctl, int nslots) {
 #else
       mbar_init(&ctl.full[s], 32);  // every producer lane's cp.async arrive
 #endif
-      mbar_init(&ctl.empty[s], 1);  // the consuming warp's arrive
+      mbar_init(&ctl.empty[s], 32);  // every lane of the consuming warp arrives (Ring::release)
 #endif
       ctl.full_flag[s] = 0;
       ctl.empty_flag[s] = 0;
@@ -292,7 +296,7 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
   for (; !fill.done(p); ++seq, fill.advance(p)) {
     const unsigned bytes = fill.bytes();
     uint8_t* dst = slots + (size_t)(seq % r.nslots) * kSlotBytes;
-    if (!kBulkPrefetch && lane == 0) ctl.fill_seq = seq;
+    if (!kBulkPrefetch && lane == 0) atomicExch(&ctl.fill_seq, seq);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && !(MK_EXP & 64)
     if (kBulkPrefetch)
     for (; !pf.done(p) && pf_seq < seq + (uint32_t)p.prefetch_slots; ++pf_seq, pf.advance(p)) {
