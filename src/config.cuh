@@ -63,8 +63,10 @@ constexpr int kAttnPrefetch = MK_ATTN_PREFETCH;      // KV batches a warp prefet
 #ifndef MK_ATTN_PREFETCH_MIN
 #define MK_ATTN_PREFETCH_MIN 1024
 #endif
-constexpr int kAttnPrefetchMinChunk = MK_ATTN_PREFETCH_MIN;  // in chunks of this many positions or more
-                                                     // (H100: +8% at 32K, -4% at 4K when every chunk prefetched)
+// ... in chunks of this many positions or more (H100: +8% at 32K, -4% at 4K when every chunk
+// prefetched; since the scan stages its next batch, thresholds of 256 and 512 were no better at 8K:
+// RESEARCH.md sections 9, 11). -DMK_ATTN_PREFETCH(_MIN)=N override both for experiments.
+constexpr int kAttnPrefetchMinChunk = MK_ATTN_PREFETCH_MIN;
 // Staged stage inputs (two buffers, BlockControl::xs) hold this many floats each.
 constexpr int kStageFloats = kInter > kQDim ? kInter : kQDim;
 // Split-KV chunks of one KV head at most (its partials buffer), and how many chunks' partials
