@@ -7,11 +7,12 @@
 // (per-head RMSNorm + RoPE, every warp redundantly); the member holding the current position
 // first appends this step's k (normed, roped) and v to the cache; the consumer warps scan the
 // chunk's positions (4 at a time per warp; on sm_80+ the next 4 are copied into shared memory
-// meanwhile) with an online softmax and merge their partials in shared memory. With one chunk (short contexts) every member scans it itself and no block
-// waits for another; with several, each member publishes its partial (m, l, o) as tagged words
-// and every member of the group merges all of them by log-sum-exp. The result, the group's
-// heads concatenated (kGroupDim values), lands in ctl.attn_o; the caller multiplies it by the
-// member's rows of the group's Wo panel and adds them into the residual (counted words).
+// meanwhile) with an online softmax and merge their partials in shared memory. With one chunk
+// (short contexts) every member scans it itself and no block waits for another; with several,
+// each member publishes its partial (m, l, o) as tagged words and every member of the group
+// merges all of them by log-sum-exp. The result, the group's heads concatenated (kGroupDim
+// values), lands in ctl.attn_o; the caller multiplies it by the member's rows of the group's Wo
+// panel and adds them into the residual (counted words).
 // Inputs: p.qkv (tagged words, tag_in), the cache. Outputs: ctl.attn_o, the cache at `pos`,
 // p.attn_part (tagged words, tag_part). Returns false on error.
 #pragma once
@@ -53,11 +54,12 @@ __device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 // The scan's second batch in flight (sm_80+): K and V rows tb..tb+3 (clamped below t_end) copied
 // into the warp's 2 KB staging buffer with cp.async (K rows 0-3, then V rows 0-3; 16 bytes a lane
-// per copy, L2 -> shared, no registers), while the warp computes the batch in its registers. Before,
-// each batch's loads were issued after the previous batch's arithmetic and waited out a full
-// memory latency (RESEARCH.md section 11).
+// per copy, L2 -> shared, no registers), while the warp computes the batch in its registers.
+// Before, each batch's loads were issued after the previous batch's arithmetic and waited out a
+// full memory latency (RESEARCH.md section 11).
 constexpr int kKVStageBytes = 8 * kHeadDim * 2;  // 4 positions x (K + V) rows of bf16
-__device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb, int t_end) {
+__device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
+                                               int t_end) {
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int r = 0; r < 4; ++r) {
@@ -144,7 +146,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     // The warps' staging buffers fill the front of xs (q/k/v are staged at its end, the warps'
     // partials overwrite the front only after the scan and a consumer_sync).
     uint8_t* kv_buf = reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
-    const bool staged = t_old - t0 > kConsumerWarps * 4;  // some warp has a second batch (block-uniform)
+    const bool staged = t_old - t0 > kConsumerWarps * 4;  // a warp has a second batch (block-uniform)
     if (tb + kConsumerWarps * 4 < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kConsumerWarps * 4, t_old);
 #endif
     const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
@@ -231,7 +233,8 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       if (tb + kConsumerWarps * 4 < t_old) {
 #if __CUDA_ARCH__ >= 800
         take_kv_batch(kv_buf, kr, vr);
-        if (tb + 2 * kConsumerWarps * 4 < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kConsumerWarps * 4, t_old);
+        if (tb + 2 * kConsumerWarps * 4 < t_old)
+          stage_kv_batch(kv_buf, kc, vc, tb + 2 * kConsumerWarps * 4, t_old);
 #else
         load_kv_batch(kc, vc, tb + kConsumerWarps * 4, t_old, kr, vr);
 #endif
