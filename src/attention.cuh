@@ -57,7 +57,6 @@ __device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t
 // per copy, L2 -> shared, no registers), while the warp computes the batch in its registers.
 // Before, each batch's loads were issued after the previous batch's arithmetic and waited out a
 // full memory latency (RESEARCH.md section 11).
-constexpr int kKVStageBytes = 8 * kHeadDim * 2;  // 4 positions x (K + V) rows of bf16
 __device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
                                                int t_end) {
   const int lane = threadIdx.x & 31;
@@ -159,9 +158,8 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
 
     // This step's q (kGroup heads), k and v of head j, polled once for the block (all words in
     // flight together) and staged in shared memory for every warp.
-    constexpr int kQKVWords = (kGroup + 2) * kHeadDim;
-    float* qkv_s = &ctl.xs[1][kStageFloats - kQKVWords];
-    if (!stage_words_at<kQKVWords>(
+    float* qkv_s = &ctl.xs[1][kStageFloats - kAttnQKVWords];
+    if (!stage_words_at<kAttnQKVWords>(
             p, ctl,
             [&](int i) {  // q of the group's heads, then k, then v
               const int word = 2 * i;
@@ -169,7 +167,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
                                       : p.qkv + kQDim + (word - kGroupDim) / kHeadDim * kKVDim + j * kHeadDim +
                                             (word - kGroupDim) % kHeadDim;
             },
-            kQKVWords, [&](unsigned long long x) { return ll_tag(x) == tag_in; },
+            kAttnQKVWords, [&](unsigned long long x) { return ll_tag(x) == tag_in; },
             [&](int i, unsigned long long a, unsigned long long b) {
               qkv_s[2 * i] = ll_value(a);
               qkv_s[2 * i + 1] = ll_value(b);

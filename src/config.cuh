@@ -56,6 +56,10 @@ constexpr int kProducerWarps = 2;
 constexpr int kShortCtxPositions = 512;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 constexpr int kAttnQuantum = kConsumerWarps * 4;     // positions the warps take in one pass: the smallest chunk
+// The attention's shared-memory use of the staged-input buffers (attention.cuh): a KV head's q,
+// k and v (words), and a warp's staged KV batch (sm_80+: 4 positions x (K + V) rows of bf16).
+constexpr int kAttnQKVWords = (kGroup + 2) * kHeadDim;
+constexpr int kKVStageBytes = 8 * kHeadDim * 2;
 #ifndef MK_ATTN_PREFETCH
 #define MK_ATTN_PREFETCH 4
 #endif
@@ -93,7 +97,7 @@ static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) <= kStageFloats,
               "attention's per-warp partials borrow one staged-input buffer");
 static_assert(kGroupDim % 256 == 0, "the O projection's K-slice is read like any row (16-byte pieces, 32 lanes)");
 static_assert(kMergeChunks >= 2, "split-KV needs room for two chunks' partials");
-static_assert(kConsumerWarps * 8 * kHeadDim * 2 + (kGroup + 2) * kHeadDim * 4 <= 2 * kStageFloats * 4,
+static_assert(kConsumerWarps * kKVStageBytes + kAttnQKVWords * 4 <= 2 * kStageFloats * 4,
               "attention's KV staging buffers (front of xs) and its staged q/k/v (end of xs) overlap");
 
 // ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------

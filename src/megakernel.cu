@@ -7,11 +7,11 @@
 //
 // Block layout: kConsumerWarps compute warps + the weight-stream (fill) warp + the L2 prefetch
 // warp (short-context build only; prefetch.cuh), one block per SM (the ring takes most of
-// shared memory), launched cooperatively so that all blocks are resident. Per layer, 4 waits on other blocks: QKV -> attention + O (each KV-head group of
-// blocks computes its head's attention and multiplies it by its panel of Wo; the groups' sums
-// meet in counted words) -> gate/up+SiLU -> down+residual; each waits on its input's tagged
-// or counted words (barriers.cuh), not on a grid barrier. The weight stream (weight_ring.cuh)
-// never waits on activations.
+// shared memory), launched cooperatively so that all blocks are resident. Per layer, 4 waits on
+// other blocks: QKV -> attention + O (each KV-head group of blocks computes its head's attention
+// and multiplies it by its panel of Wo; the groups' sums meet in counted words) -> gate/up+SiLU
+// -> down+residual; each waits on its input's tagged or counted words (barriers.cuh), not on a
+// grid barrier. The weight stream (weight_ring.cuh) never waits on activations.
 #ifndef __CUDACC_RTC__  // host code's headers; NVRTC (scripts/nvrtc12_check.py) sees device code only
 #include <climits>
 #include <cmath>
@@ -28,8 +28,6 @@
 #include "rmsnorm.cuh"
 #include "sampling.cuh"
 #include "weight_ring.cuh"
-
-__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
 // MK_EXP & 4 (timing builds only): for step 1, thread 0 stamps when each stage's input was ready
 // (kind 0), and every consumer warp when it had written its outputs (kind 1: the block's last
@@ -782,7 +780,7 @@ int main(int argc, char** argv) {
     }
     auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v.empty() ? 0.0 : v[v.size() / 2]; };
     printf("stage   span   latency  skew   work  ring-wait/warp (us, medians over layers, step 1)\n");
-    const unsigned long long* counters = t.data() + (size_t)G * kTimedStages * kStampWords;
+    const unsigned long long* counters = t.data() + dbg_counters_at(G);
     for (int k = 0; k < 6; ++k)
       printf("%-7s %6.2f %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]),
              counters[kDbgRingWait + k] / 1e3 / G / kConsumerWarps / (k == 5 ? 1 : kLayers));

@@ -89,9 +89,12 @@ enum DbgCounter {
   kDbgRingWait = 0, kDbgDotCycles = 8, kDbgDotSlots = 24, kDbgPollCycles = 32, kDbgPollRounds = 33,
   kDbgPolls = 34, kDbgCounters = 40
 };
-__host__ __device__ constexpr size_t dbg_words(int grid) { return (size_t)grid * kTimedStages * kStampWords + kDbgCounters; }
+__host__ __device__ constexpr size_t dbg_counters_at(int grid) {
+  return (size_t)grid * kTimedStages * kStampWords;
+}
+__host__ __device__ constexpr size_t dbg_words(int grid) { return dbg_counters_at(grid) + kDbgCounters; }
 #ifdef __CUDACC__
 __device__ __forceinline__ unsigned long long* dbg_counters(const MkParams& p) {
-  return p.dbg_times + (size_t)gridDim.x * kTimedStages * kStampWords;
+  return p.dbg_times + dbg_counters_at(gridDim.x);
 }
 #endif

@@ -98,7 +98,7 @@ __global__ void __launch_bounds__(kPrefillThreads) prefill_silu_mul(const float4
   const size_t i = (size_t)blockIdx.x * kPrefillThreads + threadIdx.x;
   if (i >= pairs) return;
   const float4 v = gu[i];  // gate, up of two consecutive intermediate columns
-  const float a = v.x / (1.f + expf(-v.x)) * v.y, b = v.z / (1.f + expf(-v.z)) * v.w;
+  const float a = silu(v.x) * v.y, b = silu(v.z) * v.w;
   act[i] = (uint32_t)float_to_bf16(a) | ((uint32_t)float_to_bf16(b) << 16);
 }
 

@@ -1,6 +1,6 @@
 // utils.cuh: small device helpers shared by every stage.
 //   - bf16 <-> float with integer bit operations (no bf16 instructions: runs on sm_75 too)
-//   - warp reductions, memory-ordering primitives (acquire/release at GPU scope)
+//   - SiLU, warp reductions, memory-ordering primitives (acquire/release at GPU scope)
 //   - CUDA_CHECK for host code
 #pragma once
 #include <cstdint>
@@ -36,6 +36,8 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4& w, float (&f)[8]) {
     f[2 * i + 1] = __uint_as_float(v[i] & 0xffff0000u);
   }
 }
+
+__device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
