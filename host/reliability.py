@@ -121,20 +121,17 @@ def soak(flat: str, generations: int = 500, tokens: int = 200_000, max_ctx: int 
 
 
 def decode(flat: str, steps: int = 8, one_step_launches: bool = False, position: int = 0) -> list:
-    """`steps` decode steps through the kernel only from a one-token prompt (no PyTorch kernels):
-    what the sanitizers watch. one_step_launches: a launch per step, so that a slow tool can
-    check some of them per run (compute-sanitizer --launch-skip / --launch-count).
-    position > 0: the steps start there, over the cache as the engine allocated it (zeros), so
-    the attention scans `position` cached positions (split-KV chunks, staged batches) with no
-    prefill kernels."""
-    if position > 0:
-        with Engine(flat, max_ctx=position + steps + 8, quiet=True) as eng:
-            return eng.run([], position, steps, start_token=11)
-    with Engine(flat, max_ctx=64, quiet=True) as eng:
+    """`steps` greedy decode steps through the kernel only (no PyTorch kernels): what the
+    sanitizers watch. From a one-token prompt, or (position > 0) from that position over the
+    cache as the engine allocated it (zeros), so the attention scans `position` cached positions
+    (split-KV chunks, staged batches) with no prefill kernels. one_step_launches: a launch per
+    step, so that a slow tool can check some of them per run (--launch-skip / --launch-count)."""
+    forced = [] if position else [11]  # position 0: the prompt token 11 goes in first
+    with Engine(flat, max_ctx=max(64, position + steps + 8), quiet=True) as eng:
         if not one_step_launches:
-            return eng.generate([11], steps, prefill="kernel")
-        out = eng.run([11], 0, 1)
-        for pos in range(1, steps):
+            return eng.run(forced, position, steps, start_token=11)
+        out = eng.run(forced, position, 1, start_token=11)
+        for pos in range(position + 1, position + steps):
             out += eng.run([], pos, 1, start_token=out[-1])
         return out
 
