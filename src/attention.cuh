@@ -3,8 +3,9 @@
 //
 // Blocks form kKVHeads groups (weight_ring.cuh, attn_group): group j holds the kGroup query
 // heads of KV head j. The positions 0..pos are cut into at most group-size chunks of at least
-// kAttnQuantum positions; member c scans chunk c. Each chunk: q of the group's query heads
-// (per-head RMSNorm + RoPE, every warp redundantly); the member holding the current position
+// p.attn_min_chunk positions (kAttnQuantum unless MK_ATTN_MIN_CHUNK says otherwise); member c scans
+// chunk c. Each chunk: q of the group's query heads (per-head RMSNorm + RoPE, every warp
+// redundantly); the member holding the current position
 // first appends this step's k (normed, roped) and v to the cache; the consumer warps scan the
 // chunk's positions (4 at a time per warp; on sm_80+ the next 4 are copied into shared memory
 // meanwhile) with an online softmax and merge their partials in shared memory. With one chunk
@@ -108,9 +109,10 @@ __device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint
   o[3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[3]);
 }
 
-// Chunking of n positions over a group of `size` members: at least kAttnQuantum positions a chunk.
-__device__ __forceinline__ void attention_chunks(int n, int size, int max_chunks, int& chunk, int& nchunks) {
-  const int parts = max(1, min(min(size, max_chunks), (n + kAttnQuantum - 1) / kAttnQuantum));
+// Chunking of n positions over a group of `size` members: at least min_chunk positions a chunk.
+__device__ __forceinline__ void attention_chunks(int n, int size, int max_chunks, int min_chunk, int& chunk,
+                                                 int& nchunks) {
+  const int parts = max(1, min(min(size, max_chunks), (n + min_chunk - 1) / min_chunk));
   chunk = ((n + parts - 1) / parts + 3) / 4 * 4;
   nchunks = (n + chunk - 1) / chunk;
 }
@@ -122,7 +124,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
   const int j = grp.head;
   const int n = pos + 1;
   int chunk, nchunks;
-  attention_chunks(n, grp.size, p.attn_max_chunks, chunk, nchunks);
+  attention_chunks(n, grp.size, p.attn_max_chunks, p.attn_min_chunk, chunk, nchunks);
   const LayerWeights& w = p.layer[layer];
   const float qscale = rsqrtf((float)kHeadDim) * kLog2e;  // softmax in base 2
   float* scratch = &ctl.xs[0][0];  // per-warp partials, then the chunks' partials (both xs buffers)
@@ -141,17 +143,18 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     int tb = t0 + warp * 4;
     uint2 kr[4], vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
+    constexpr int kStride = kConsumerWarps * 4;  // positions the warps take in one pass
 #if __CUDA_ARCH__ >= 800
     // The warps' staging buffers fill the front of xs (q/k/v are staged at its end, the warps'
     // partials overwrite the front only after the scan and a consumer_sync).
     uint8_t* kv_buf = reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
-    const bool staged = t_old - t0 > kConsumerWarps * 4;  // a warp has a second batch (block-uniform)
-    if (tb + kConsumerWarps * 4 < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kConsumerWarps * 4, t_old);
+    const bool staged = t_old - t0 > kStride;  // a warp has a second batch (block-uniform)
+    if (tb + kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kStride, t_old);
 #endif
     const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
     if (prefetch)
 #pragma unroll
-      for (int a = 1; a <= kAttnPrefetch; ++a) prefetch_kv_batch(kc, vc, tb + a * kConsumerWarps * 4, t_old);
+      for (int a = 1; a <= kAttnPrefetch; ++a) prefetch_kv_batch(kc, vc, tb + a * kStride, t_old);
     float qw[4], kw[4];
     load_head_weight(w.q_norm, qw);
     load_head_weight(w.k_norm, kw);
@@ -174,6 +177,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
             },
             (int)(tag_in - p.tag_base), step))
       return false;
+    sub_stamp(p, ctl, step, 4);
     const bool has_current = t1 == n && warp == 0;
     float qkv_in[kGroup + 2][4];
 #pragma unroll
@@ -181,25 +185,28 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       const float4 v4 = *reinterpret_cast<const float4*>(qkv_s + h * kHeadDim + 4 * lane);
       qkv_in[h][0] = v4.x; qkv_in[h][1] = v4.y; qkv_in[h][2] = v4.z; qkv_in[h][3] = v4.w;
     }
-    float q[kGroup][4];
+    // q's heads and k are normed in one straight run, so that their warp reductions interleave
+    // (every warp norms k; only the current position's chunk uses it).
+    float q[kGroup][4], kcur[4], vcur[4];
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
+    for (int i = 0; i < 4; ++i) {
 #pragma unroll
-      for (int i = 0; i < 4; ++i) q[g][i] = qkv_in[g][i];
-      head_norm_rope(q[g], qw, ctl.rope_cos, ctl.rope_sin);
+      for (int g = 0; g < kGroup; ++g) q[g][i] = qkv_in[g][i];
+      kcur[i] = qkv_in[kGroup][i];
+      vcur[i] = qkv_in[kGroup + 1][i];
+    }
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) head_norm_rope(q[g], qw, ctl.rope_cos, ctl.rope_sin);
+    head_norm_rope(kcur, kw, ctl.rope_cos, ctl.rope_sin);
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g)
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] *= qscale;
+    if (has_current && grp.rank == c) {  // one writer per head: with one chunk, every member holds it; rank 0 writes
+      store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
+      store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);
     }
-    float kcur[4], vcur[4];
-    if (has_current) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) { kcur[i] = qkv_in[kGroup][i]; vcur[i] = qkv_in[kGroup + 1][i]; }
-      head_norm_rope(kcur, kw, ctl.rope_cos, ctl.rope_sin);
-      if (grp.rank == c) {  // one writer per head: with one chunk, every member holds it; rank 0 writes
-        store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
-        store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);
-      }
-    }
+    sub_stamp(p, ctl, step, 13);
 
     float m[kGroup], l[kGroup], o[kGroup][4];
 #pragma unroll
@@ -208,16 +215,22 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
 #pragma unroll
       for (int i = 0; i < 4; ++i) o[g][i] = 0.f;
     }
-    for (; tb < t_old; tb += kConsumerWarps * 4) {
+    for (; tb < t_old; tb += kStride) {
       float s[kGroup][4];
 #pragma unroll
       for (int g = 0; g < kGroup; ++g)
 #pragma unroll
         for (int u = 0; u < 4; ++u) s[g][u] = dot4(q[g], kr[u]);
+      // All kGroup x 4 reductions unconditionally, then the mask: a reduction under its own
+      // condition compiled to a branch each, and the 8 ran one after another (RESEARCH.md section 12).
 #pragma unroll
       for (int g = 0; g < kGroup; ++g)
 #pragma unroll
-        for (int u = 0; u < 4; ++u) s[g][u] = tb + u < t_old ? warp_sum(s[g][u]) : kNegBig;
+        for (int u = 0; u < 4; ++u) s[g][u] = warp_sum(s[g][u]);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g)
+#pragma unroll
+        for (int u = 0; u < 4; ++u) s[g][u] = tb + u < t_old ? s[g][u] : kNegBig;
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
         float pu[4];
@@ -228,22 +241,25 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
           accumulate_v(o[g], pu[u], vr[u]);
         }
       }
-      if (tb + kConsumerWarps * 4 < t_old) {
+      if (tb + kStride < t_old) {
 #if __CUDA_ARCH__ >= 800
         take_kv_batch(kv_buf, kr, vr);
-        if (tb + 2 * kConsumerWarps * 4 < t_old)
-          stage_kv_batch(kv_buf, kc, vc, tb + 2 * kConsumerWarps * 4, t_old);
+        if (tb + 2 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kStride, t_old);
 #else
-        load_kv_batch(kc, vc, tb + kConsumerWarps * 4, t_old, kr, vr);
+        load_kv_batch(kc, vc, tb + kStride, t_old, kr, vr);
 #endif
-        if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kConsumerWarps * 4, t_old);
+        if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kStride, t_old);
       }
     }
+    sub_stamp(p, ctl, step, 14);
     if (has_current) {  // fold in the current position
+      float sg[kGroup];
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g)
+        sg[g] = warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]);
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
-        float sc[4] = {warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]),
-                       kNegBig, kNegBig, kNegBig};
+        float sc[4] = {sg[g], kNegBig, kNegBig, kNegBig};
         float pu[4];
         online_softmax_update(m[g], l[g], o[g], sc, pu);
 #pragma unroll
@@ -262,6 +278,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = o[g][i];
     }
     consumer_sync();
+    sub_stamp(p, ctl, step, 15);
     if (warp < kGroup) {
       const int g = warp;
       float M = kNegBig;
@@ -275,8 +292,9 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         for (int i = 0; i < 4; ++i) O[i] += sp[2 + 4 * lane + i] * f;
       }
       if (nchunks == 1) {
+        const float inv = 1.f / L;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) ctl.attn_o[g * kHeadDim + 4 * lane + i] = O[i] / L;
+        for (int i = 0; i < 4; ++i) ctl.attn_o[g * kHeadDim + 4 * lane + i] = O[i] * inv;
       } else {  // publish the chunk's partial: m, l, o
         unsigned long long* part = parts + c * part_stride + g * (kHeadDim + 2);
         if (lane == 0) { ll_store(part, M, tag_part); ll_store(part + 1, L, tag_part); }
@@ -285,6 +303,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       }
     }
   }
+  sub_stamp(p, ctl, step, 5);
   if (nchunks > 1) {  // every member: all chunks' partials of head j, merged by log-sum-exp
     float M = kNegBig, L = 0.f, O[4] = {0.f, 0.f, 0.f, 0.f};  // warp g < kGroup: query head g
     for (int c0 = 0; c0 < nchunks; c0 += kMergeChunks) {  // kMergeChunks chunks per pass
@@ -299,6 +318,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
               },
               (int)(tag_part - p.tag_base), step))
         return false;
+      if (c0 == 0) sub_stamp(p, ctl, step, 12);
       if (warp < kGroup) {
         for (int cc = 0; cc < nc; ++cc) {
           const float* sp = scratch + cc * part_stride + warp * (kHeadDim + 2);
@@ -311,8 +331,9 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       }
     }
     if (warp < kGroup) {
+      const float inv = 1.f / L;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) ctl.attn_o[warp * kHeadDim + 4 * lane + i] = O[i] / L;
+      for (int i = 0; i < 4; ++i) ctl.attn_o[warp * kHeadDim + 4 * lane + i] = O[i] * inv;
     }
   }
   consumer_sync();  // attn_o complete; scratch free

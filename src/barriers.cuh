@@ -52,7 +52,22 @@ struct BlockControl {
   alignas(16) float h_full[kHidden];  // the residual stream as this block last read it (all rows)
   alignas(16) float attn_o[kGroupDim];  // attention output of this block's KV-head group
   float rope_cos[kHeadDim / 2], rope_sin[kHeadDim / 2];  // this step's RoPE table (kv_cache.cuh)
+#if MK_EXP & 256
+  long long dbg_last;  // sub_stamp's previous clock
+#endif
 };
+
+// MK_EXP & 256 (timing builds only): thread 0 adds the SM clocks since its previous sub-stamp to
+// counter kDbgSub + id (summed over blocks and layers of step kStampStep; id 0 only sets the start).
+__device__ __forceinline__ void sub_stamp(const MkParams& p, BlockControl& ctl, int step, int id) {
+#if MK_EXP & 256
+  if (step == kStampStep && threadIdx.x == 0) {
+    const long long now = clock64();
+    if (id > 0) atomicAdd(dbg_counters(p) + kDbgSub + id, (unsigned long long)(now - ctl.dbg_last));
+    ctl.dbg_last = now;
+  }
+#endif
+}
 
 // Named barrier 1: the consumer warps only (the producer warps never wait on it).
 __device__ __forceinline__ void consumer_sync() {
@@ -164,7 +179,7 @@ __device__ __forceinline__ bool stage_words_at(const MkParams& p, BlockControl& 
   }
   if (!ok) ctl.abort = 1;
 #if MK_EXP & 8
-  if (step == 1 && threadIdx.x == 0) {
+  if (step == kStampStep && threadIdx.x == 0) {
     unsigned long long* d = dbg_counters(p);
     atomicAdd(d + kDbgPollCycles, (unsigned long long)(e1 - e0));
     atomicAdd(d + kDbgPollRounds, (unsigned long long)rounds_dbg);

@@ -29,6 +29,11 @@ constexpr float kRmsEps = MK_RMS_EPS;
 #ifndef MK_EXP
 #define MK_EXP 0
 #endif
+//   256 sub-stage clocks of block thread 0 (sub_stamp in barriers.cuh). The step they all time:
+#ifndef MK_STAMP_STEP
+#define MK_STAMP_STEP 1
+#endif
+constexpr int kStampStep = MK_STAMP_STEP;
 
 // ---- tuning ---------------------------------------------------------------------------------
 #ifndef MK_POLL_SLEEP_NS
@@ -55,7 +60,9 @@ constexpr int kProducerWarps = 2;
 // prefetch; the split-KV scan is latency-bound and suffers from the prefetch warp's traffic).
 constexpr int kShortCtxPositions = 512;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
-constexpr int kAttnQuantum = kConsumerWarps * 4;     // positions the warps take in one pass: the smallest chunk
+// Positions the warps take in one pass: the smallest split-KV chunk by default (the environment's
+// MK_ATTN_MIN_CHUNK overrides it at engine creation; 64 measured alike, 128 and 256 slower).
+constexpr int kAttnQuantum = kConsumerWarps * 4;
 // The attention's shared-memory use of the staged-input buffers (attention.cuh): a KV head's q,
 // k and v (words), and a warp's staged KV batch (sm_80+: 4 positions x (K + V) rows of bf16).
 constexpr int kAttnQKVWords = (kGroup + 2) * kHeadDim;

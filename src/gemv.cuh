@@ -79,7 +79,7 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 #if MK_EXP & 4  // timing builds: how long warps wait for weights, per stage kind (step 1)
     const uint64_t tw0 = global_timer_ns();
     const bool landed = ring.wait_full(p, seq, step);
-    if (step == 1 && (threadIdx.x & 31) == 0)
+    if (step == kStampStep && (threadIdx.x & 31) == 0)
     {
       const unsigned long long waited = global_timer_ns() - tw0;
       atomicAdd(dbg_counters(p) + kDbgRingWait + stage_kind % 8, waited);
@@ -97,7 +97,7 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 #pragma unroll
       for (int r = 0; r < RPS; ++r) s1 += acc[r];
       const long long c1 = clock64_after(s1);
-      if (step == 1 && (threadIdx.x & 31) == 0) {
+      if (step == kStampStep && (threadIdx.x & 31) == 0) {
         unsigned long long* d = dbg_counters(p);
         atomicAdd(d + kDbgDotCycles + stage_kind % 8, (unsigned long long)(c1 - c0));
         atomicAdd(d + kDbgDotSlots + stage_kind % 8, 1ull);

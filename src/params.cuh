@@ -33,6 +33,7 @@ struct MkParams {
   unsigned long long* attn_part; // (kv_heads, attn_max_chunks, group, head_dim + 2) split-KV partials
                                 //   (m, l, o[head_dim]) as tagged words
   int attn_max_chunks;          // chunks per KV head at most (<= kMaxAttnChunks)
+  int attn_min_chunk;           // positions per chunk at least (a multiple of 4; attention.cuh)
   unsigned long long* hred;     // (2, layers, hidden) Wo * attention summed over the KV-head groups,
                                 //   counted fixed-point words (barriers.cuh); [step & 1][layer]
   float* lm_best_val;           // (grid) per-block best logit
@@ -87,7 +88,7 @@ constexpr int kTimedStages = 5 * kLayers + 1;
 constexpr int kStampWords = 3;
 enum DbgCounter {
   kDbgRingWait = 0, kDbgDotCycles = 8, kDbgDotSlots = 24, kDbgPollCycles = 32, kDbgPollRounds = 33,
-  kDbgPolls = 34, kDbgCounters = 40
+  kDbgPolls = 34, kDbgSub = 40, kDbgSubPoints = 16, kDbgCounters = kDbgSub + kDbgSubPoints
 };
 __host__ __device__ constexpr size_t dbg_counters_at(int grid) {
   return (size_t)grid * kTimedStages * kStampWords;
