@@ -58,7 +58,9 @@ constexpr int kProducerWarps = 2;
 // Two builds of the kernel (megakernel.cu, MkVariant): launches whose mean position is below
 // this run the short-context one (prefetch warp), the others the long-context one (lane-0 bulk
 // prefetch; the split-KV scan is latency-bound and suffers from the prefetch warp's traffic).
-constexpr int kShortCtxPositions = 512;
+// Crossover measured on the H100 at 99b2897 (RESEARCH.md section 12): mean position 896 short
+// 1,421 / long 1,400 tok/s, 1,024 short 1,386 / long 1,398.
+constexpr int kShortCtxPositions = 960;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 // Positions the warps take in one pass: the smallest split-KV chunk by default (the environment's
 // MK_ATTN_MIN_CHUNK overrides it at engine creation; 64 measured alike, 128 and 256 slower).
