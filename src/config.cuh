@@ -22,14 +22,14 @@ constexpr int kGroupDim = kGroup * kHeadDim;        // 256: one KV head's query 
 constexpr int kQKVDim = kQDim + 2 * kKVDim;         // 4096 rows of the fused QKV matrix
 constexpr float kRmsEps = MK_RMS_EPS;
 
-// Timing experiments only (RESEARCH.md sections 7 and 10); 0 in every real build. Bits:
-//   4 per-stage timestamps of step 1 (the harness prints the breakdown), 8 dot-product cycles and
-//   poll round trips, 16 no weight copies (slots stay zero), 32 no dot products, 64 no L2
-//   prefetch, 128 weight copies from a 4 MB window that stays in L2 (sm_90).
+// Timing experiments only (RESEARCH.md sections 7, 10 and 12); 0 in every real build. Bits:
+//   4 per-stage timestamps (the harness prints the breakdown), 8 dot-product cycles and poll
+//   round trips, 16 no weight copies (slots stay zero), 32 no dot products, 64 no L2 prefetch,
+//   128 weight copies from a 4 MB window that stays in L2 (sm_90), 256 sub-stage clocks of block
+//   thread 0 (sub_stamp in barriers.cuh). They all time step MK_STAMP_STEP (default 1).
 #ifndef MK_EXP
 #define MK_EXP 0
 #endif
-//   256 sub-stage clocks of block thread 0 (sub_stamp in barriers.cuh). The step they all time:
 #ifndef MK_STAMP_STEP
 #define MK_STAMP_STEP 1
 #endif

@@ -80,10 +80,11 @@ struct MkParams {
   int fault_layer;              // ... of this layer (-1: off), so the launch must time out
 };
 
-// MK_EXP timing builds: dbg_times holds (grid, kTimedStages, kStampWords) words of step 1 (input
-// ready, last warp done, longest ring wait of a warp; ns), then kDbgCounters counters summed over
-// blocks: ring waits per stage kind (ns), and with MK_EXP & 8 slot dot cycles and slots per stage
-// kind, poll round trip cycles, poll rounds, polls.
+// MK_EXP timing builds: dbg_times holds (grid, kTimedStages, kStampWords) words of step
+// kStampStep (input ready, last warp done, longest ring wait of a warp; ns), then kDbgCounters
+// counters summed over blocks: ring waits per stage kind (ns); with MK_EXP & 8 slot dot cycles
+// and slots per stage kind, poll round trip cycles, poll rounds, polls; with MK_EXP & 256 the
+// sub-stage clocks (sub_stamp, kDbgSubPoints points).
 constexpr int kTimedStages = 5 * kLayers + 1;
 constexpr int kStampWords = 3;
 enum DbgCounter {
