@@ -5,15 +5,15 @@
 // heads of KV head j. The positions 0..pos are cut into at most group-size chunks of at least
 // p.attn_min_chunk positions (kAttnQuantum unless MK_ATTN_MIN_CHUNK says otherwise); member c scans
 // chunk c. Each chunk: q of the group's query heads (per-head RMSNorm + RoPE, every warp
-// redundantly); the member holding the current position
-// first appends this step's k (normed, roped) and v to the cache; the consumer warps scan the
-// chunk's positions (4 at a time per warp; on sm_80+ the next 4 are copied into shared memory
-// meanwhile) with an online softmax and merge their partials in shared memory. With one chunk
-// (short contexts) every member scans it itself and no block waits for another; with several,
-// each member publishes its partial (m, l, o) as tagged words and every member of the group
-// merges all of them by log-sum-exp. The result, the group's heads concatenated (kGroupDim
-// values), lands in ctl.attn_o; the caller multiplies it by the member's rows of the group's Wo
-// panel and adds them into the residual (counted words).
+// redundantly); the member holding the current position first appends this step's k (normed,
+// roped) and v to the cache; the consumer warps scan the chunk's positions (4 at a time per
+// warp; on sm_80+ the next 4 are copied into shared memory meanwhile) with an online softmax and
+// merge their partials in shared memory. With one chunk (short contexts) every member scans it
+// itself and no block waits for another; with several, each member publishes its partial (m, l,
+// o) as tagged words and every member of the group merges all of them by log-sum-exp. The
+// result, the group's heads concatenated (kGroupDim values), lands in ctl.attn_o; the caller
+// multiplies it by the member's rows of the group's Wo panel and adds them into the residual
+// (counted words).
 // Inputs: p.qkv (tagged words, tag_in), the cache. Outputs: ctl.attn_o, the cache at `pos`,
 // p.attn_part (tagged words, tag_part). Returns false on error.
 #pragma once
@@ -177,7 +177,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
             },
             (int)(tag_in - p.tag_base), step))
       return false;
-    sub_stamp(p, ctl, step, 4);
+    sub_stamp(p, ctl, step, kSubAttnInput);
     const bool has_current = t1 == n && warp == 0;
     float qkv_in[kGroup + 2][4];
 #pragma unroll
@@ -202,11 +202,12 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     for (int g = 0; g < kGroup; ++g)
 #pragma unroll
       for (int i = 0; i < 4; ++i) q[g][i] *= qscale;
-    if (has_current && grp.rank == c) {  // one writer per head: with one chunk, every member holds it; rank 0 writes
+    // One writer per head: with one chunk every member holds the current position; rank 0 writes.
+    if (has_current && grp.rank == c) {
       store_head_bf16(p.k_cache + kv_offset(p, layer, j, pos), kcur);
       store_head_bf16(p.v_cache + kv_offset(p, layer, j, pos), vcur);
     }
-    sub_stamp(p, ctl, step, 13);
+    sub_stamp(p, ctl, step, kSubAttnNormRope);
 
     float m[kGroup], l[kGroup], o[kGroup][4];
 #pragma unroll
@@ -251,7 +252,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kStride, t_old);
       }
     }
-    sub_stamp(p, ctl, step, 14);
+    sub_stamp(p, ctl, step, kSubAttnScan);
     if (has_current) {  // fold in the current position
       float sg[kGroup];
 #pragma unroll
@@ -278,7 +279,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = o[g][i];
     }
     consumer_sync();
-    sub_stamp(p, ctl, step, 15);
+    sub_stamp(p, ctl, step, kSubAttnFold);
     if (warp < kGroup) {
       const int g = warp;
       float M = kNegBig;
@@ -303,7 +304,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       }
     }
   }
-  sub_stamp(p, ctl, step, 5);
+  sub_stamp(p, ctl, step, kSubAttnWarpMerge);
   if (nchunks > 1) {  // every member: all chunks' partials of head j, merged by log-sum-exp
     float M = kNegBig, L = 0.f, O[4] = {0.f, 0.f, 0.f, 0.f};  // warp g < kGroup: query head g
     for (int c0 = 0; c0 < nchunks; c0 += kMergeChunks) {  // kMergeChunks chunks per pass
@@ -318,7 +319,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
               },
               (int)(tag_part - p.tag_base), step))
         return false;
-      if (c0 == 0) sub_stamp(p, ctl, step, 12);
+      if (c0 == 0) sub_stamp(p, ctl, step, kSubAttnPartials);
       if (warp < kGroup) {
         for (int cc = 0; cc < nc; ++cc) {
           const float* sp = scratch + cc * part_stride + warp * (kHeadDim + 2);

@@ -58,12 +58,14 @@ struct BlockControl {
 };
 
 // MK_EXP & 256 (timing builds only): thread 0 adds the SM clocks since its previous sub-stamp to
-// counter kDbgSub + id (summed over blocks and layers of step kStampStep; id 0 only sets the start).
-__device__ __forceinline__ void sub_stamp(const MkParams& p, BlockControl& ctl, int step, int id) {
+// counter kDbgSub + id (summed over blocks and layers of step kStampStep; kSubLayerStart only sets
+// the start). Members that scan no chunk skip the attention's inner points.
+__device__ __forceinline__ void sub_stamp(const MkParams& p, BlockControl& ctl, int step, SubPoint id) {
 #if MK_EXP & 256
   if (step == kStampStep && threadIdx.x == 0) {
     const long long now = clock64();
-    if (id > 0) atomicAdd(dbg_counters(p) + kDbgSub + id, (unsigned long long)(now - ctl.dbg_last));
+    if (id != kSubLayerStart)
+      atomicAdd(dbg_counters(p) + kDbgSub + id, (unsigned long long)(now - ctl.dbg_last));
     ctl.dbg_last = now;
   }
 #endif

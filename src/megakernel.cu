@@ -117,7 +117,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
     for (int L = 0; L < (p.lm_only_hidden ? 0 : kLayers); ++L) {
       const LayerWeights& w = p.layer[L];
       const bool mute = (int)blockIdx.x == p.fault_block && L == p.fault_layer;  // fault injection
-      sub_stamp(p, ctl, step, 0);
+      sub_stamp(p, ctl, step, kSubLayerStart);
       {  // QKV: qkv = Wqkv rmsnorm(h)
         float x[kHidden / 32];
         if (L == 0) {
@@ -133,23 +133,23 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
           if (!load_residual(p, ctl, stage_tag(p, step, L - 1, kTagHMlp), x, step)) goto done;
         }
         stamp(p, step, 5 * L, 0);
-        sub_stamp(p, ctl, step, 1);
+        sub_stamp(p, ctl, step, kSubQkvInput);
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
-        sub_stamp(p, ctl, step, 2);
+        sub_stamp(p, ctl, step, kSubQkvNorm);
         const uint32_t tag = stage_tag(p, step, L, kTagQKV);
         gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 0 + 8 * L,
                             [&](int row0, int rows, const auto& acc) {
                               if (lane < rows && !mute) ll_store(p.qkv + row0 + lane, pick(acc, lane), tag);
                             });
         stamp(p, step, 5 * L, 1);
-        sub_stamp(p, ctl, step, 3);
+        sub_stamp(p, ctl, step, kSubQkvGemv);
       }
       {  // attention of this block's KV-head group (attention.cuh), into ctl.attn_o
         stamp(p, step, 5 * L + 1, 0);
         if (!attention_stage(p, ctl, L, pos, stage_tag(p, step, L, kTagQKV), stage_tag(p, step, L, kTagAttnPart), step))
           goto done;
         stamp(p, step, 5 * L + 1, 1);
-        sub_stamp(p, ctl, step, 6);
+        sub_stamp(p, ctl, step, kSubAttnChunkMerge);
       }
       {  // O projection, split over K by KV-head group: hred += Wo[rows, group panel] attn_o
         float xo[kGroupDim / 32];
@@ -161,14 +161,14 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
                                 if (lane < rows) red_add_counted(hred + row0 + lane, pick(acc, lane));
                               });
         stamp(p, step, 5 * L + 2, 1);
-        sub_stamp(p, ctl, step, 7);
+        sub_stamp(p, ctl, step, kSubOGemv);
       }
       load_x_bf16<kHidden>(w.post_norm, norm_w);  // static: fetched before the wait
       {  // gate/up + SiLU*mul: act = silu(Wg x) * (Wu x), x = rmsnorm(h)
         float x[kHidden / 32];
         if (!load_residual_attn(p, ctl, step, L, x)) goto done;
         stamp(p, step, 5 * L + 3, 0);
-        sub_stamp(p, ctl, step, 8);
+        sub_stamp(p, ctl, step, kSubGateUpInput);
         if (p.dbg_hidden)
           for (int r = own0 + (int)threadIdx.x; r < own1; r += kConsumerWarps * 32)
             p.dbg_hidden[(size_t)(2 * L) * kHidden + r] = ctl.h_full[r];
@@ -180,19 +180,19 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
                                 ll_store(p.act + row0 / 2 + lane, silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1), tag);
                             });
         stamp(p, step, 5 * L + 3, 1);
-        sub_stamp(p, ctl, step, 9);
+        sub_stamp(p, ctl, step, kSubGateUpGemv);
       }
       {  // down projection + residual: h = h + Wd act
         if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[0], step)) goto done;
         stamp(p, step, 5 * L + 4, 0);
-        sub_stamp(p, ctl, step, 10);
+        sub_stamp(p, ctl, step, kSubDownInput);
         const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
         gemv_stage_smem<kInter>(p, ring, ctl.xs[0], stream_segment(p, idx++), step, 4 + 8 * L,
                                 [&](int row0, int rows, const auto& acc) {
                                   residual_add(p, ctl, row0, rows, acc, tag, 2 * L + 1);
                                 });
         stamp(p, step, 5 * L + 4, 1);
-        sub_stamp(p, ctl, step, 11);
+        sub_stamp(p, ctl, step, kSubDownGemv);
       }
       load_x_bf16<kHidden>(L + 1 < kLayers ? p.layer[L + 1].input_norm : p.final_norm, norm_w);
     }
@@ -824,21 +824,21 @@ int main(int argc, char** argv) {
       }
     }
     if (MK_EXP & 256) {  // sub-stage clocks of block thread 0 (sub_stamp), us per block and layer
-      const char* sub[kDbgSubPoints] = {"", "qkv: input staged", "qkv: rmsnorm", "qkv: gemv (warp 0)",
-                                        "attn: q/k/v staged", "attn: warp merge, publish", "attn: chunk merge",
-                                        "o: gemv (warp 0)", "gateup: input staged", "gateup: gemv (warp 0)",
-                                        "down: input staged", "down: gemv (warp 0)", "attn: partials polled",
-                                        "attn: q/k norm, rope", "attn: scan", "attn: fold, partials, sync"};
+      static const char* const names[kSubPoints] = {
+          "", "qkv: input staged", "qkv: rmsnorm", "qkv: gemv (warp 0)", "attn: q/k/v staged",
+          "attn: q/k norm, rope", "attn: scan", "attn: fold, partials, sync", "attn: warp merge, publish",
+          "attn: partials polled", "attn: chunk merge", "o: gemv (warp 0)", "gateup: input staged",
+          "gateup: gemv (warp 0)", "down: input staged", "down: gemv (warp 0)"};
       int khz = 0;
       CUDA_CHECK(cudaDeviceGetAttribute(&khz, cudaDevAttrClockRate, e->device));
       const double per = (double)G * kLayers * khz * 1e-3;  // clocks per us, blocks x layers
       double total = 0;
-      for (int i : {1, 2, 3, 4, 13, 14, 15, 5, 12, 6, 7, 8, 9, 10, 11}) {
+      for (int i = kSubLayerStart + 1; i < kSubPoints; ++i) {
         const double us = counters[kDbgSub + i] / per;
         total += us;
-        printf("sub %-24s %6.2f us\n", sub[i], us);
+        printf("sub %-26s %6.2f us\n", names[i], us);
       }
-      printf("sub %-24s %6.2f us (per layer, block thread 0, step %d)\n", "total", total, kStampStep);
+      printf("sub %-26s %6.2f us (per layer, block thread 0, step %d)\n", "total", total, kStampStep);
     }
     if (MK_EXP & 8)
       for (int k = 0; k < 6; ++k)

@@ -84,13 +84,21 @@ struct MkParams {
 // kStampStep (input ready, last warp done, longest ring wait of a warp; ns), then kDbgCounters
 // counters summed over blocks: ring waits per stage kind (ns); with MK_EXP & 8 slot dot cycles
 // and slots per stage kind, poll round trip cycles, poll rounds, polls; with MK_EXP & 256 the
-// sub-stage clocks (sub_stamp, kDbgSubPoints points).
+// sub-stage clocks (sub_stamp, kSubPoints points).
 constexpr int kTimedStages = 5 * kLayers + 1;
 constexpr int kStampWords = 3;
 enum DbgCounter {
   kDbgRingWait = 0, kDbgDotCycles = 8, kDbgDotSlots = 24, kDbgPollCycles = 32, kDbgPollRounds = 33,
-  kDbgPolls = 34, kDbgSub = 40, kDbgSubPoints = 16, kDbgCounters = kDbgSub + kDbgSubPoints
+  kDbgPolls = 34, kDbgSub = 40
 };
+// The points of a layer that MK_EXP & 256 builds stamp (sub_stamp), in the order a block passes
+// them; each counter holds the clocks from the point before (the harness names them).
+enum SubPoint {
+  kSubLayerStart, kSubQkvInput, kSubQkvNorm, kSubQkvGemv, kSubAttnInput, kSubAttnNormRope, kSubAttnScan,
+  kSubAttnFold, kSubAttnWarpMerge, kSubAttnPartials, kSubAttnChunkMerge, kSubOGemv, kSubGateUpInput,
+  kSubGateUpGemv, kSubDownInput, kSubDownGemv, kSubPoints
+};
+constexpr int kDbgCounters = kDbgSub + kSubPoints;
 __host__ __device__ constexpr size_t dbg_counters_at(int grid) {
   return (size_t)grid * kTimedStages * kStampWords;
 }
