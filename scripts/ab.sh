@@ -5,8 +5,11 @@
 # alternating rounds:
 #   BASE=HEAD CTXS="1 1024" STEPS=512 ROUNDS=2 VARIANTS="inflight4:MK_INFLIGHT=4 pf0:MK_PREFETCH_SLOTS=0" scripts/ab.sh
 # Each variant is "name:VAR=value,VAR=value" and runs the working tree's build with those
-# environment variables; "base" and "new" (no variables) always run. EXP=4 adds the per-stage
-# breakdown (MK_EXP=4 builds) of base and new at the first context.
+# environment variables; "base" and "new" (no variables) always run. BUILDS="name:-DX=1,-DY=2 ..."
+# adds builds of the working tree with those compiler flags (compile-time knobs, config.cuh), run
+# in the same rounds. EXP=4 adds the per-stage breakdown (MK_EXP=4 builds) of base and new at
+# the first context; EXP=260 EXTRA=-DMK_STAMP_STEP=200 EXP_STEPS=256 the sub-stage clocks of
+# step 200 (RESEARCH.md section 12).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path" build
@@ -28,9 +31,13 @@ PYTHONPATH="$WORK/path" scripts/rand_flat.sh >/dev/null &
 NV="nvcc -O3 -std=c++17 -arch=sm_90 -DMK_STANDALONE"
 $NV -I"$WORK/base/src" -o build/ab_base "$WORK/base/src/megakernel.cu" &
 $NV -Isrc -o build/ab_new src/megakernel.cu &
+for v in ${BUILDS:-}; do
+  IFS=, read -ra flags <<< "${v#*:}"
+  $NV -Isrc "${flags[@]}" -o "build/ab_b_${v%%:*}" src/megakernel.cu &
+done
 if [ -n "${EXP:-}" ]; then
-  $NV -I"$WORK/base/src" -DMK_EXP=$EXP -o build/ab_base_exp "$WORK/base/src/megakernel.cu" &
-  $NV -Isrc -DMK_EXP=$EXP -o build/ab_new_exp src/megakernel.cu &
+  $NV -I"$WORK/base/src" -DMK_EXP=$EXP ${EXTRA:-} -o build/ab_base_exp "$WORK/base/src/megakernel.cu" &
+  $NV -Isrc -DMK_EXP=$EXP ${EXTRA:-} -o build/ab_new_exp src/megakernel.cu &
 fi
 wait
 run() {  # name binary env... ; prints "name ctx tok/s pct"
@@ -47,16 +54,17 @@ for round in $(seq ${ROUNDS:-2}); do
       IFS=, read -ra envs <<< "${v#*:}"
       run "${v%%:*}" build/ab_new "$ctx" "${envs[@]}"
     done
+    for v in ${BUILDS:-}; do run "${v%%:*}" "build/ab_b_${v%%:*}" "$ctx"; done
   done
 done
 if [ -n "${EXP:-}" ]; then
   ctx=$(echo ${CTXS:-1} | awk '{print $1}')
   for b in base new; do
     flat=$NEW_FLAT; [ $b = base ] && flat=$BASE_FLAT
-    echo "== breakdown $b ctx $ctx"; timeout 120 build/ab_${b}_exp "$flat" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
+    echo "== breakdown $b ctx $ctx"; timeout 120 build/ab_${b}_exp "$flat" --steps ${EXP_STEPS:-128} --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
   done
   for v in ${EXP_VARIANTS:-}; do
     IFS=, read -ra envs <<< "${v#*:}"
-    echo "== breakdown ${v%%:*} ctx $ctx"; env "${envs[@]}" timeout 120 build/ab_new_exp "$NEW_FLAT" --steps 128 --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
+    echo "== breakdown ${v%%:*} ctx $ctx"; env "${envs[@]}" timeout 120 build/ab_new_exp "$NEW_FLAT" --steps ${EXP_STEPS:-128} --ctx "$ctx" 2>&1 | tail -${TAIL:-24}
   done
 fi
