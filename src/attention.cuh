@@ -48,7 +48,7 @@ __device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t
   const int t = tb + lane / 4;
   if (lane < 16 && t < t_end) {
     const bf16_t* row = ((lane >> 1) & 1 ? vc : kc) + (size_t)t * kHeadDim + (lane & 1) * (kHeadDim / 2);
-    asm volatile("prefetch.global.L2 [%0];" :: "l"(row));
+    prefetch_l2(row);
   }
 }
 

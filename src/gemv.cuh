@@ -76,7 +76,7 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
     const uint32_t seq = ring.base + i;
     const int rows = min(RPS, s.nrows - i * RPS);
     float acc[RPS];
-#if MK_EXP & 4  // timing builds: how long warps wait for weights, per stage kind (step 1)
+#if MK_EXP & 4  // timing builds: how long warps wait for weights, per stage kind (step kStampStep)
     const uint64_t tw0 = global_timer_ns();
     const bool landed = ring.wait_full(p, seq, step);
     if (step == kStampStep && (threadIdx.x & 31) == 0)
@@ -90,7 +90,7 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 #else
     if (ring.wait_full(p, seq, step)) {
 #endif
-#if MK_EXP & 8  // timing builds: cycles of the slot's dot product (step 1)
+#if MK_EXP & 8  // timing builds: cycles of the slot's dot product (step kStampStep)
       const long long c0 = clock64_after(0.f);
       dot(ring.slot_ptr(seq), acc);
       float s1 = 0.f;

@@ -29,7 +29,7 @@
 #include "sampling.cuh"
 #include "weight_ring.cuh"
 
-// MK_EXP & 4 (timing builds only): for step 1, thread 0 stamps when each stage's input was ready
+// MK_EXP & 4 (timing builds only): for step kStampStep, thread 0 stamps when each stage's input was ready
 // (kind 0), and every consumer warp when it had written its outputs (kind 1: the block's last
 // warp counts). The harness prints the breakdown.
 __device__ __forceinline__ void stamp(const MkParams& p, int step, int stage, int kind) {
@@ -769,7 +769,7 @@ int main(int argc, char** argv) {
   if (mk_run(e, nullptr, 0, ctx, steps, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   const double ms_tok = mk_last_ms(e) / steps;
 #if MK_EXP & 4
-  {  // where step 1 spent its time: per stage kind, medians over layers (microseconds)
+  {  // where step kStampStep spent its time: per stage kind, medians over layers (microseconds)
     const int G = e->grid;
     std::vector<unsigned long long> t(dbg_words(G));
     CUDA_CHECK(cudaMemcpy(t.data(), e->p.dbg_times, t.size() * 8, cudaMemcpyDeviceToHost));
@@ -791,7 +791,7 @@ int main(int argc, char** argv) {
       work[kind].push_back((last_done - last_ready) / 1e3);     // after the last reader was ready
     }
     auto med = [](std::vector<double> v) { std::sort(v.begin(), v.end()); return v.empty() ? 0.0 : v[v.size() / 2]; };
-    printf("stage   span   latency  skew   work  ring-wait/warp (us, medians over layers, step 1)\n");
+    printf("stage   span   latency  skew   work  ring-wait/warp (us, medians over layers, step %d)\n", kStampStep);
     const unsigned long long* counters = t.data() + dbg_counters_at(G);
     for (int k = 0; k < 6; ++k)
       printf("%-7s %6.2f %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]),
@@ -824,7 +824,7 @@ int main(int argc, char** argv) {
       }
     }
     if (MK_EXP & 256) {  // sub-stage clocks of block thread 0 (sub_stamp), us per block and layer
-      static const char* const names[kSubPoints] = {
+      static const char* const sub_names[kSubPoints] = {
           "", "qkv: input staged", "qkv: rmsnorm", "qkv: gemv (warp 0)", "attn: q/k/v staged",
           "attn: q/k norm, rope", "attn: scan", "attn: fold, partials, sync", "attn: warp merge, publish",
           "attn: partials polled", "attn: chunk merge", "o: gemv (warp 0)", "gateup: input staged",
@@ -836,7 +836,7 @@ int main(int argc, char** argv) {
       for (int i = kSubLayerStart + 1; i < kSubPoints; ++i) {
         const double us = counters[kDbgSub + i] / per;
         total += us;
-        printf("sub %-26s %6.2f us\n", names[i], us);
+        printf("sub %-26s %6.2f us\n", sub_names[i], us);
       }
       printf("sub %-26s %6.2f us (per layer, block thread 0, step %d)\n", "total", total, kStampStep);
     }

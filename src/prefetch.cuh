@@ -26,7 +26,7 @@ __device__ __forceinline__ void prefetch_main(const MkParams& p, BlockControl& c
     }
     constexpr int kPiecesPerLine = 128 / 16;  // StreamCursor::piece counts 16-byte pieces
     for (int i = lane; i < (int)pf.bytes() / 128; i += 32)
-      asm volatile("prefetch.global.L2 [%0];" :: "l"(pf.piece(i * kPiecesPerLine)));
+      prefetch_l2(pf.piece(i * kPiecesPerLine));
   }
 #endif
 }

@@ -1,6 +1,7 @@
 // utils.cuh: small device helpers shared by every stage.
 //   - bf16 <-> float with integer bit operations (no bf16 instructions: runs on sm_75 too)
-//   - SiLU, warp reductions, memory-ordering primitives (acquire/release at GPU scope)
+//   - SiLU, warp reductions, an L2 prefetch hint, memory-ordering primitives (acquire/release at
+//     GPU scope)
 //   - CUDA_CHECK for host code
 #pragma once
 #include <cstdint>
@@ -36,6 +37,9 @@ __device__ __forceinline__ void unpack_bf16x8(const uint4& w, float (&f)[8]) {
     f[2 * i + 1] = __uint_as_float(v[i] & 0xffff0000u);
   }
 }
+
+// Asks L2 for the 128-byte line holding p (a hint: nothing waits on it).
+__device__ __forceinline__ void prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" :: "l"(p)); }
 
 __device__ __forceinline__ float silu(float g) { return g / (1.f + expf(-g)); }
 
