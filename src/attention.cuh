@@ -85,6 +85,57 @@ __device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint2 (&kr)[4]
 }
 #endif
 
+// Lane-per-position score layout (MK_LANE_SCAN, experiment): in a batch of 4 positions lane l
+// serves position l / 8 and, of that position's K row, dims 8s..8s+7 and 64+8s..64+8s+7
+// (s = l % 8): two 16-byte pieces, so 8 lanes read 128 contiguous bytes (conflict-free from
+// shared memory, coalesced from global). A score then needs a reduction over 8 lanes (3 shuffle
+// levels) instead of 32 (5), and each lane computes 2 scores a batch instead of 8.
+#ifndef MK_LANE_SCAN
+#define MK_LANE_SCAN 1
+#endif
+__device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end,
+                                              uint4 (&kq)[2], uint2 (&vr)[4]) {
+  const int lane = threadIdx.x & 31, s = lane % 8;
+  const uint4* krow = reinterpret_cast<const uint4*>(kc + (size_t)min(tb + lane / 8, t_end - 1) * kHeadDim);
+  kq[0] = __ldcg(krow + s);
+  kq[1] = __ldcg(krow + 8 + s);
+#pragma unroll
+  for (int u = 0; u < 4; ++u)
+    vr[u] = __ldcg(reinterpret_cast<const uint2*>(vc + (size_t)min(tb + u, t_end - 1) * kHeadDim) + lane);
+}
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint4 (&kq)[2], uint2 (&vr)[4]) {
+  const int lane = threadIdx.x & 31, s = lane % 8;
+  asm volatile("cp.async.wait_group 0;" ::: "memory");
+  __syncwarp();  // every lane's copies have landed
+  const uint4* krow = reinterpret_cast<const uint4*>(buf + (lane / 8) * kHeadDim * 2);
+  kq[0] = krow[s];
+  kq[1] = krow[8 + s];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) vr[u] = reinterpret_cast<const uint2*>(buf + (4 + u) * kHeadDim * 2)[lane];
+  __syncwarp();  // every lane has read before the buffer is refilled
+}
+#endif
+// This lane's 16 dims of q (dims 4l..4l+3 on lane l) in the lane-per-position layout.
+__device__ __forceinline__ void q_segments(const float (&q)[4], float (&qs)[16]) {
+  const int s = (threadIdx.x & 31) % 8;
+#pragma unroll
+  for (int k = 0; k < 4; ++k)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) qs[4 * k + i] = __shfl_sync(0xffffffffu, q[i], (k < 2 ? 2 * s : 16 + 2 * s) + (k & 1));
+}
+__device__ __forceinline__ float dot16(const float (&qs)[16], const uint4 (&kq)[2]) {
+  float w0[8], w1[8], a = 0.f, b = 0.f;
+  unpack_bf16x8(kq[0], w0);
+  unpack_bf16x8(kq[1], w1);
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    a = fmaf(qs[j], w0[j], a);
+    b = fmaf(qs[8 + j], w1[j], b);
+  }
+  return a + b;
+}
+
 // Online softmax (base 2): folds scores s[0..3] into running max m, sum l and output o;
 // returns the weights pu of the new scores (masked scores are kNegBig and get ~0).
 __device__ __forceinline__ void online_softmax_update(float& m, float& l, float (&o)[4], const float (&s)[4],
@@ -141,7 +192,12 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     // cached positions and the norm weights' loads before waiting.
     const int t_old = min(t1, pos);
     int tb = t0 + warp * 4;
-    uint2 kr[4], vr[4];
+#if MK_LANE_SCAN
+    uint4 kr[2];  // this lane's K pieces (lane-per-position layout)
+#else
+    uint2 kr[4];
+#endif
+    uint2 vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
     constexpr int kStride = kConsumerWarps * 4;  // positions the warps take in one pass
 #if __CUDA_ARCH__ >= 800
@@ -209,6 +265,76 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     }
     sub_stamp(p, ctl, step, kSubAttnNormRope);
 
+#if MK_LANE_SCAN
+    // The current position first (m = its score, l = 1, o = its v), then the cached ones. l holds
+    // the current position's share; each lane's l_own that of its position in the scan.
+    float m[kGroup], l[kGroup], o[kGroup][4];
+    if (has_current) {
+      float sg[kGroup];
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g)
+        sg[g] = warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        m[g] = sg[g]; l[g] = 1.f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[g][i] = vcur[i];
+      }
+    } else {
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        m[g] = kNegBig; l[g] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[g][i] = 0.f;
+      }
+    }
+    float qs[kGroup][16], l_own[kGroup];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) { q_segments(q[g], qs[g]); l_own[g] = 0.f; }
+    for (; tb < t_old; tb += kStride) {
+      const bool valid = tb + lane / 8 < t_old;
+      float sc[kGroup], mx[kGroup];
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) sc[g] = dot16(qs[g], kr);
+#pragma unroll
+      for (int off = 1; off < 8; off <<= 1)  // the position's 8 lanes
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) sc[g] += __shfl_xor_sync(0xffffffffu, sc[g], off);
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) { sc[g] = valid ? sc[g] : kNegBig; mx[g] = sc[g]; }
+#pragma unroll
+      for (int off = 8; off < 32; off <<= 1)  // the batch's 4 positions
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g) mx[g] = fmaxf(mx[g], __shfl_xor_sync(0xffffffffu, mx[g], off));
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) {
+        const float mnew = fmaxf(m[g], mx[g]), scale = exp2f(m[g] - mnew);
+        const float p_own = valid ? exp2f(sc[g] - mnew) : 0.f;
+        l[g] *= scale;
+        l_own[g] = l_own[g] * scale + p_own;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) o[g][i] *= scale;
+#pragma unroll
+        for (int u = 0; u < 4; ++u) accumulate_v(o[g], __shfl_sync(0xffffffffu, p_own, 8 * u), vr[u]);
+        m[g] = mnew;
+      }
+      if (tb + kStride < t_old) {
+#if __CUDA_ARCH__ >= 800
+        take_kv_batch(kv_buf, kr, vr);
+        if (tb + 2 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kStride, t_old);
+#else
+        load_kv_batch(kc, vc, tb + kStride, t_old, kr, vr);
+#endif
+        if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kStride, t_old);
+      }
+    }
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {  // the scan's share: the 4 positions' lane groups
+      float t = l_own[g] + __shfl_xor_sync(0xffffffffu, l_own[g], 8);
+      l[g] += t + __shfl_xor_sync(0xffffffffu, t, 16);
+    }
+    sub_stamp(p, ctl, step, kSubAttnScan);
+#else
     float m[kGroup], l[kGroup], o[kGroup][4];
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
@@ -267,6 +393,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         for (int i = 0; i < 4; ++i) o[g][i] = fmaf(pu[0], vcur[i], o[g][i]);
       }
     }
+#endif
 #if __CUDA_ARCH__ >= 800
     if (staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
 #endif
