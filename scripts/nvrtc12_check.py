@@ -22,7 +22,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "src", "megakernel.cu")
-KERNEL_INSTANCES = ["qwen3_megakernel<0>", "qwen3_megakernel<1>"]  # kShortCtx, kLongCtx
+KERNEL_INSTANCES = ["qwen3_megakernel<0>", "qwen3_megakernel<1>", "qwen3_megakernel<2>"]  # MkVariant
 
 # NVRTC 12.4 ships no C++ standard headers. The device code needs two things from them: the
 # fixed-width integers and std::enable_if. These stand-ins supply exactly those, with glibc's

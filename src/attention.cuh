@@ -23,76 +23,13 @@
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kNegBig = -1e30f;  // "minus infinity" that keeps exp2(m - M) finite
 
-__device__ __forceinline__ float dot4(const float (&a)[4], const uint2& kraw) {
-  return a[0] * __uint_as_float(kraw.x << 16) + a[1] * __uint_as_float(kraw.x & 0xffff0000u) +
-         a[2] * __uint_as_float(kraw.y << 16) + a[3] * __uint_as_float(kraw.y & 0xffff0000u);
-}
+// The scan's lane layout: in a batch of 4 positions, lane l serves position l / 8 and, of that
+// position's K row, dims 8s..8s+7 and 64+8s..64+8s+7 (s = l % 8): two 16-byte pieces, so 8 lanes
+// read 128 contiguous bytes (coalesced from global, conflict-free from shared memory). A score is
+// then a reduction over 8 lanes (3 shuffle levels, not 5 over 32) and a lane computes 2 scores a
+// batch, not 8. V keeps the output's layout: lane l holds dims 4l..4l+3 of the 4 positions' rows.
 
-// Loads K and V rows tb..tb+3 (clamped below t_end; the caller masks the excess).
-__device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end,
-                                              uint2 (&kr)[4], uint2 (&vr)[4]) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    const int t = min(tb + u, t_end - 1);
-    kr[u] = __ldcg(reinterpret_cast<const uint2*>(kc + (size_t)t * kHeadDim) + lane);
-    vr[u] = __ldcg(reinterpret_cast<const uint2*>(vc + (size_t)t * kHeadDim) + lane);
-  }
-}
-
-// L2 prefetch of K and V rows tb..tb+3 (below t_end): lanes 0-15 one 128-byte line each. The
-// scan's own loads keep only 4 positions per warp in flight; prefetching kAttnPrefetch batches
-// ahead keeps the KV stream going from DRAM while the warp computes (long contexts).
-__device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end) {
-  const int lane = threadIdx.x & 31;
-  const int t = tb + lane / 4;
-  if (lane < 16 && t < t_end) {
-    const bf16_t* row = ((lane >> 1) & 1 ? vc : kc) + (size_t)t * kHeadDim + (lane & 1) * (kHeadDim / 2);
-    prefetch_l2(row);
-  }
-}
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-// The scan's second batch in flight (sm_80+): K and V rows tb..tb+3 (clamped below t_end) copied
-// into the warp's 2 KB staging buffer with cp.async (K rows 0-3, then V rows 0-3; 16 bytes a lane
-// per copy, L2 -> shared, no registers), while the warp computes the batch in its registers.
-// Before, each batch's loads were issued after the previous batch's arithmetic and waited out a
-// full memory latency (RESEARCH.md section 11).
-__device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
-                                               int t_end) {
-  const int lane = threadIdx.x & 31;
-#pragma unroll
-  for (int r = 0; r < 4; ++r) {
-    const int piece = lane + 32 * r;  // 16-byte piece: row piece / 16, column piece % 16
-    const int row = piece / 16, t = min(tb + row % 4, t_end - 1);
-    const bf16_t* src = (row < 4 ? kc : vc) + (size_t)t * kHeadDim + (piece % 16) * 8;
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
-                 :: "r"((uint32_t)__cvta_generic_to_shared(buf + piece * 16)), "l"(src) : "memory");
-  }
-  asm volatile("cp.async.commit_group;" ::: "memory");
-}
-// Waits for this warp's staged batch and moves it into registers (the layout load_kv_batch gives).
-__device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint2 (&kr)[4], uint2 (&vr)[4]) {
-  const int lane = threadIdx.x & 31;
-  asm volatile("cp.async.wait_group 0;" ::: "memory");
-  __syncwarp();  // every lane's copies have landed
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    kr[u] = reinterpret_cast<const uint2*>(buf + u * kHeadDim * 2)[lane];
-    vr[u] = reinterpret_cast<const uint2*>(buf + (4 + u) * kHeadDim * 2)[lane];
-  }
-  __syncwarp();  // every lane has read before the buffer is refilled
-}
-#endif
-
-// Lane-per-position score layout (MK_LANE_SCAN, experiment): in a batch of 4 positions lane l
-// serves position l / 8 and, of that position's K row, dims 8s..8s+7 and 64+8s..64+8s+7
-// (s = l % 8): two 16-byte pieces, so 8 lanes read 128 contiguous bytes (conflict-free from
-// shared memory, coalesced from global). A score then needs a reduction over 8 lanes (3 shuffle
-// levels) instead of 32 (5), and each lane computes 2 scores a batch instead of 8.
-#ifndef MK_LANE_SCAN
-#define MK_LANE_SCAN 1
-#endif
+// Loads batch tb..tb+3 (rows clamped below t_end; the caller masks the excess) into registers.
 __device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end,
                                               uint4 (&kq)[2], uint2 (&vr)[4]) {
   const int lane = threadIdx.x & 31, s = lane % 8;
@@ -103,10 +40,47 @@ __device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc
   for (int u = 0; u < 4; ++u)
     vr[u] = __ldcg(reinterpret_cast<const uint2*>(vc + (size_t)min(tb + u, t_end - 1) * kHeadDim) + lane);
 }
+
+// L2 prefetch of K and V rows tb..tb+3 (below t_end): lanes 0-15 one 128-byte line each.
+__device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end) {
+  const int lane = threadIdx.x & 31;
+  const int t = tb + lane / 4;
+  if (lane < 16 && t < t_end) {
+    const bf16_t* row = ((lane >> 1) & 1 ? vc : kc) + (size_t)t * kHeadDim + (lane & 1) * (kHeadDim / 2);
+    prefetch_l2(row);
+  }
+}
+
+// cp.async (sm_80+) stages KV batches in shared memory; older GPUs load them into registers.
+// (Both functions are declared for every target; below sm_80 they are empty and never called.)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+constexpr bool kCpAsync = true;
+#else
+constexpr bool kCpAsync = false;
+#endif
+// A batch in flight without registers (sm_80+): K and V rows tb..tb+3 (clamped below t_end)
+// copied into the warp's 2 KB staging buffer with cp.async (K rows 0-3, then V rows 0-3).
+__device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
+                                               int t_end) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const int piece = lane + 32 * r;  // 16-byte piece: row piece / 16, column piece % 16
+    const int row = piece / 16, t = min(tb + row % 4, t_end - 1);
+    const bf16_t* src = (row < 4 ? kc : vc) + (size_t)t * kHeadDim + (piece % 16) * 8;
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                 :: "r"((uint32_t)__cvta_generic_to_shared(buf + piece * 16)), "l"(src) : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Waits for this warp's staged batch and moves it into registers (the layout load_kv_batch gives).
 __device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint4 (&kq)[2], uint2 (&vr)[4]) {
   const int lane = threadIdx.x & 31, s = lane % 8;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.wait_group 0;" ::: "memory");
+#endif
   __syncwarp();  // every lane's copies have landed
   const uint4* krow = reinterpret_cast<const uint4*>(buf + (lane / 8) * kHeadDim * 2);
   kq[0] = krow[s];
@@ -115,42 +89,23 @@ __device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint4 (&kq)[2]
   for (int u = 0; u < 4; ++u) vr[u] = reinterpret_cast<const uint2*>(buf + (4 + u) * kHeadDim * 2)[lane];
   __syncwarp();  // every lane has read before the buffer is refilled
 }
-#endif
-// This lane's 16 dims of q (dims 4l..4l+3 on lane l) in the lane-per-position layout.
-__device__ __forceinline__ void q_segments(const float (&q)[4], float (&qs)[16]) {
+
+// q . k over this lane's 16 dims, q's head in shared memory (128 floats).
+__device__ __forceinline__ float dot16(const float* qh, const uint4 (&kq)[2]) {
   const int s = (threadIdx.x & 31) % 8;
-#pragma unroll
-  for (int k = 0; k < 4; ++k)
-#pragma unroll
-    for (int i = 0; i < 4; ++i) qs[4 * k + i] = __shfl_sync(0xffffffffu, q[i], (k < 2 ? 2 * s : 16 + 2 * s) + (k & 1));
-}
-__device__ __forceinline__ float dot16(const float (&qs)[16], const uint4 (&kq)[2]) {
+  const float4* q4 = reinterpret_cast<const float4*>(qh);
+  const float4 a0 = q4[2 * s], a1 = q4[2 * s + 1], b0 = q4[16 + 2 * s], b1 = q4[16 + 2 * s + 1];
+  const float qa[8] = {a0.x, a0.y, a0.z, a0.w, a1.x, a1.y, a1.z, a1.w};
+  const float qb[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
   float w0[8], w1[8], a = 0.f, b = 0.f;
   unpack_bf16x8(kq[0], w0);
   unpack_bf16x8(kq[1], w1);
 #pragma unroll
   for (int j = 0; j < 8; ++j) {
-    a = fmaf(qs[j], w0[j], a);
-    b = fmaf(qs[8 + j], w1[j], b);
+    a = fmaf(qa[j], w0[j], a);
+    b = fmaf(qb[j], w1[j], b);
   }
   return a + b;
-}
-
-// Online softmax (base 2): folds scores s[0..3] into running max m, sum l and output o;
-// returns the weights pu of the new scores (masked scores are kNegBig and get ~0).
-__device__ __forceinline__ void online_softmax_update(float& m, float& l, float (&o)[4], const float (&s)[4],
-                                                      float (&pu)[4]) {
-  const float mnew = fmaxf(fmaxf(m, fmaxf(s[0], s[1])), fmaxf(s[2], s[3]));
-  const float scale = exp2f(m - mnew);
-  l *= scale;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) o[i] *= scale;
-#pragma unroll
-  for (int u = 0; u < 4; ++u) {
-    pu[u] = exp2f(s[u] - mnew);
-    l += pu[u];
-  }
-  m = mnew;
 }
 
 __device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint2& v) {
@@ -158,6 +113,102 @@ __device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint
   o[1] = fmaf(pu, __uint_as_float(v.x & 0xffff0000u), o[1]);
   o[2] = fmaf(pu, __uint_as_float(v.y << 16), o[2]);
   o[3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[3]);
+}
+
+// A warp's online-softmax state (base 2) for the group's query heads: running max m, sum l and
+// output o (this lane's 4 dims).
+struct ScanState {
+  float m[kGroup], l[kGroup], o[kGroup][4];
+};
+
+// Adds the scan's share of l: each lane's l_own over the 4 positions' lane groups.
+__device__ __forceinline__ void finish_scan(ScanState& st, float (&l_own)[kGroup]) {
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) {
+    const float t = l_own[g] + __shfl_xor_sync(0xffffffffu, l_own[g], 8);
+    st.l[g] += t + __shfl_xor_sync(0xffffffffu, t, 16);
+  }
+}
+
+// One warp's scan of cached positions tb, tb + kStride, ... below t_old, 4 at a time, folded
+// into st. The first batch (kr, vr) is already in registers and, on sm_80+, the second in the
+// warp's staging buffer kv_buf. kDeep (the deep-KV kernel build, sm_80+): a third batch in flight.
+template <bool kDeep>
+__device__ __forceinline__ void scan_cached(ScanState& st, const float* q_s, const bf16_t* kc, const bf16_t* vc,
+                                            uint8_t* kv_buf, int tb, int t_old, bool prefetch, uint4 (&kr)[2],
+                                            uint2 (&vr)[4]) {
+  constexpr int kStride = kConsumerWarps * 4;
+  const int lane = threadIdx.x & 31;
+  float l_own[kGroup];  // the share of this lane's positions (the 4 lane groups add up at the end)
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) l_own[g] = 0.f;
+  auto fold_batch = [&](const uint4 (&kq)[2], const uint2 (&vv)[4], int tbb) {
+    const bool valid = tbb + lane / 8 < t_old;
+    float sc[kGroup], mx[kGroup];
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) sc[g] = dot16(q_s + g * kHeadDim, kq);
+#pragma unroll
+    for (int off = 1; off < 8; off <<= 1)  // the position's 8 lanes
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) sc[g] += __shfl_xor_sync(0xffffffffu, sc[g], off);
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) { sc[g] = valid ? sc[g] : kNegBig; mx[g] = sc[g]; }
+#pragma unroll
+    for (int off = 8; off < 32; off <<= 1)  // the batch's 4 positions
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g) mx[g] = fmaxf(mx[g], __shfl_xor_sync(0xffffffffu, mx[g], off));
+#pragma unroll
+    for (int g = 0; g < kGroup; ++g) {
+      const float mnew = fmaxf(st.m[g], mx[g]), scale = exp2f(st.m[g] - mnew);
+      const float p_own = valid ? exp2f(sc[g] - mnew) : 0.f;
+      st.l[g] *= scale;
+      l_own[g] = l_own[g] * scale + p_own;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) st.o[g][i] *= scale;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) accumulate_v(st.o[g], __shfl_sync(0xffffffffu, p_own, 8 * u), vv[u]);
+      st.m[g] = mnew;
+    }
+    if (prefetch) prefetch_kv_batch(kc, vc, tbb + (kAttnPrefetch + 1) * kStride, t_old);
+  };
+  // kDeep: two batches in flight while one is folded, the staging buffer (cp.async) and
+  // registers (kx, vx) taking turns. At the top of an even pass kr/vr hold batch tb, the buffer
+  // tb + kStride and kx/vx tb + 2 kStride; at an odd pass the buffer and kx/vx have swapped. The
+  // 16 more registers make the kernel spill in its GEMVs (RESEARCH.md section 13), hence a build of
+  // its own for the longest contexts.
+  constexpr bool kDeepHere = kDeep && kCpAsync;
+  if constexpr (kDeepHere) {
+    uint4 kx[2];
+    uint2 vx[4];
+    if (tb + 2 * kStride < t_old) load_kv_batch(kc, vc, tb + 2 * kStride, t_old, kx, vx);
+    for (bool even = true; tb < t_old; tb += kStride, even = !even) {
+      fold_batch(kr, vr, tb);
+      if (tb + kStride >= t_old) break;
+      if (even) {
+        take_kv_batch(kv_buf, kr, vr);
+        if (tb + 3 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 3 * kStride, t_old);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) kr[i] = kx[i];
+#pragma unroll
+        for (int u = 0; u < 4; ++u) vr[u] = vx[u];
+        if (tb + 3 * kStride < t_old) load_kv_batch(kc, vc, tb + 3 * kStride, t_old, kx, vx);
+      }
+    }
+  } else {
+    for (; tb < t_old; tb += kStride) {
+      fold_batch(kr, vr, tb);
+      if (tb + kStride < t_old) {
+        if constexpr (kCpAsync) {
+          take_kv_batch(kv_buf, kr, vr);
+          if (tb + 2 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kStride, t_old);
+        } else {
+          load_kv_batch(kc, vc, tb + kStride, t_old, kr, vr);
+        }
+      }
+    }
+  }
+  finish_scan(st, l_own);
 }
 
 // Chunking of n positions over a group of `size` members: at least min_chunk positions a chunk.
@@ -168,6 +219,7 @@ __device__ __forceinline__ void attention_chunks(int n, int size, int max_chunks
   nchunks = (n + chunk - 1) / chunk;
 }
 
+template <bool kDeep>
 __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, int layer, int pos,
                                                 uint32_t tag_in, uint32_t tag_part, int step) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -192,21 +244,15 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     // cached positions and the norm weights' loads before waiting.
     const int t_old = min(t1, pos);
     int tb = t0 + warp * 4;
-#if MK_LANE_SCAN
-    uint4 kr[2];  // this lane's K pieces (lane-per-position layout)
-#else
-    uint2 kr[4];
-#endif
+    uint4 kr[2];  // this lane's K pieces and V rows of its first batch (scan_cached)
     uint2 vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
     constexpr int kStride = kConsumerWarps * 4;  // positions the warps take in one pass
-#if __CUDA_ARCH__ >= 800
     // The warps' staging buffers fill the front of xs (q/k/v are staged at its end, the warps'
     // partials overwrite the front only after the scan and a consumer_sync).
     uint8_t* kv_buf = reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
-    const bool staged = t_old - t0 > kStride;  // a warp has a second batch (block-uniform)
-    if (tb + kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kStride, t_old);
-#endif
+    const bool staged = kCpAsync && t_old - t0 > kStride;  // a warp has a second batch (block-uniform)
+    if (kCpAsync && tb + kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kStride, t_old);
     const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
     if (prefetch)
 #pragma unroll
@@ -265,10 +311,8 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     }
     sub_stamp(p, ctl, step, kSubAttnNormRope);
 
-#if MK_LANE_SCAN
-    // The current position first (m = its score, l = 1, o = its v), then the cached ones. l holds
-    // the current position's share; each lane's l_own that of its position in the scan.
-    float m[kGroup], l[kGroup], o[kGroup][4];
+    // The current position first (m = its score, l = 1, o = its v), then the cached ones.
+    ScanState st;
     if (has_current) {
       float sg[kGroup];
 #pragma unroll
@@ -276,134 +320,36 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         sg[g] = warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]);
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
-        m[g] = sg[g]; l[g] = 1.f;
+        st.m[g] = sg[g]; st.l[g] = 1.f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) o[g][i] = vcur[i];
+        for (int i = 0; i < 4; ++i) st.o[g][i] = vcur[i];
       }
     } else {
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
-        m[g] = kNegBig; l[g] = 0.f;
+        st.m[g] = kNegBig; st.l[g] = 0.f;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) o[g][i] = 0.f;
+        for (int i = 0; i < 4; ++i) st.o[g][i] = 0.f;
       }
     }
-    float qs[kGroup][16], l_own[kGroup];
+    // q of the group's heads (normed, roped, scaled) in shared memory after the warps' staging
+    // buffers, where the scan reads each lane's 16 dims.
+    float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kConsumerWarps * kKVStageBytes);
+    if (warp == 0)
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g) { q_segments(q[g], qs[g]); l_own[g] = 0.f; }
-    for (; tb < t_old; tb += kStride) {
-      const bool valid = tb + lane / 8 < t_old;
-      float sc[kGroup], mx[kGroup];
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) sc[g] = dot16(qs[g], kr);
-#pragma unroll
-      for (int off = 1; off < 8; off <<= 1)  // the position's 8 lanes
-#pragma unroll
-        for (int g = 0; g < kGroup; ++g) sc[g] += __shfl_xor_sync(0xffffffffu, sc[g], off);
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) { sc[g] = valid ? sc[g] : kNegBig; mx[g] = sc[g]; }
-#pragma unroll
-      for (int off = 8; off < 32; off <<= 1)  // the batch's 4 positions
-#pragma unroll
-        for (int g = 0; g < kGroup; ++g) mx[g] = fmaxf(mx[g], __shfl_xor_sync(0xffffffffu, mx[g], off));
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        const float mnew = fmaxf(m[g], mx[g]), scale = exp2f(m[g] - mnew);
-        const float p_own = valid ? exp2f(sc[g] - mnew) : 0.f;
-        l[g] *= scale;
-        l_own[g] = l_own[g] * scale + p_own;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) o[g][i] *= scale;
-#pragma unroll
-        for (int u = 0; u < 4; ++u) accumulate_v(o[g], __shfl_sync(0xffffffffu, p_own, 8 * u), vr[u]);
-        m[g] = mnew;
-      }
-      if (tb + kStride < t_old) {
-#if __CUDA_ARCH__ >= 800
-        take_kv_batch(kv_buf, kr, vr);
-        if (tb + 2 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kStride, t_old);
-#else
-        load_kv_batch(kc, vc, tb + kStride, t_old, kr, vr);
-#endif
-        if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kStride, t_old);
-      }
-    }
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {  // the scan's share: the 4 positions' lane groups
-      float t = l_own[g] + __shfl_xor_sync(0xffffffffu, l_own[g], 8);
-      l[g] += t + __shfl_xor_sync(0xffffffffu, t, 16);
-    }
+      for (int g = 0; g < kGroup; ++g)
+        *reinterpret_cast<float4*>(q_s + g * kHeadDim + 4 * lane) = make_float4(q[g][0], q[g][1], q[g][2], q[g][3]);
+    consumer_sync();
+    if (tb < t_old) scan_cached<kDeep>(st, q_s, kc, vc, kv_buf, tb, t_old, prefetch, kr, vr);
     sub_stamp(p, ctl, step, kSubAttnScan);
-#else
-    float m[kGroup], l[kGroup], o[kGroup][4];
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      m[g] = kNegBig; l[g] = 0.f;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) o[g][i] = 0.f;
-    }
-    for (; tb < t_old; tb += kStride) {
-      float s[kGroup][4];
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g)
-#pragma unroll
-        for (int u = 0; u < 4; ++u) s[g][u] = dot4(q[g], kr[u]);
-      // All kGroup x 4 reductions unconditionally, then the mask: a reduction under its own
-      // condition compiled to a branch each, and the 8 ran one after another (RESEARCH.md section 12).
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g)
-#pragma unroll
-        for (int u = 0; u < 4; ++u) s[g][u] = warp_sum(s[g][u]);
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g)
-#pragma unroll
-        for (int u = 0; u < 4; ++u) s[g][u] = tb + u < t_old ? s[g][u] : kNegBig;
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        float pu[4];
-        online_softmax_update(m[g], l[g], o[g], s[g], pu);
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-          if (tb + u >= t_old) pu[u] = 0.f;
-          accumulate_v(o[g], pu[u], vr[u]);
-        }
-      }
-      if (tb + kStride < t_old) {
-#if __CUDA_ARCH__ >= 800
-        take_kv_batch(kv_buf, kr, vr);
-        if (tb + 2 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kStride, t_old);
-#else
-        load_kv_batch(kc, vc, tb + kStride, t_old, kr, vr);
-#endif
-        if (prefetch) prefetch_kv_batch(kc, vc, tb + (kAttnPrefetch + 1) * kStride, t_old);
-      }
-    }
-    sub_stamp(p, ctl, step, kSubAttnScan);
-    if (has_current) {  // fold in the current position
-      float sg[kGroup];
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g)
-        sg[g] = warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]);
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        float sc[4] = {sg[g], kNegBig, kNegBig, kNegBig};
-        float pu[4];
-        online_softmax_update(m[g], l[g], o[g], sc, pu);
-#pragma unroll
-        for (int i = 0; i < 4; ++i) o[g][i] = fmaf(pu[0], vcur[i], o[g][i]);
-      }
-    }
-#endif
-#if __CUDA_ARCH__ >= 800
     if (staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
-#endif
     // merge the warps' partials: warp g merges query head g of the group
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {
       float* sp = scratch + (warp * kGroup + g) * (kHeadDim + 2);
-      if (lane == 0) { sp[0] = m[g]; sp[1] = l[g]; }
+      if (lane == 0) { sp[0] = st.m[g]; sp[1] = st.l[g]; }
 #pragma unroll
-      for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = o[g][i];
+      for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = st.o[g][i];
     }
     consumer_sync();
     sub_stamp(p, ctl, step, kSubAttnFold);

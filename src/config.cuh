@@ -55,12 +55,18 @@ constexpr int kConsumerWarps = 8;
 // fills, line by line (prefetch.cuh). (One block size for every architecture: nvcc applies a
 // kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
 constexpr int kProducerWarps = 2;
-// Two builds of the kernel (megakernel.cu, MkVariant): launches whose mean position is below
+// Builds of the kernel (megakernel.cu, MkVariant): launches whose mean position is below
 // this run the short-context one (prefetch warp), the others the long-context one (lane-0 bulk
 // prefetch; the split-KV scan is latency-bound and suffers from the prefetch warp's traffic).
 // Crossover measured on the H100 at 99b2897 (RESEARCH.md section 12): mean position 896 short
 // 1,421 / long 1,400 tok/s, 1,024 short 1,386 / long 1,398.
 constexpr int kShortCtxPositions = 960;
+// ... and from this mean position the deep-KV build (a third KV batch in flight in the scan;
+// its extra registers cost elsewhere): H100, RESEARCH.md section 13.
+#ifndef MK_DEEP_KV_POSITIONS
+#define MK_DEEP_KV_POSITIONS 16384
+#endif
+constexpr int kDeepKVPositions = MK_DEEP_KV_POSITIONS;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 // Positions the warps take in one pass: the smallest split-KV chunk by default (the environment's
 // MK_ATTN_MIN_CHUNK overrides it at engine creation; 64 measured alike, 128 and 256 slower).
@@ -106,8 +112,8 @@ static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) <= kStageFloats,
               "attention's per-warp partials borrow one staged-input buffer");
 static_assert(kGroupDim % 256 == 0, "the O projection's K-slice is read like any row (16-byte pieces, 32 lanes)");
 static_assert(kMergeChunks >= 2, "split-KV needs room for two chunks' partials");
-static_assert(kConsumerWarps * kKVStageBytes + kAttnQKVWords * 4 <= 2 * kStageFloats * 4,
-              "attention's KV staging buffers (front of xs) and its staged q/k/v (end of xs) overlap");
+static_assert(kConsumerWarps * kKVStageBytes + kGroup * kHeadDim * 4 + kAttnQKVWords * 4 <= 2 * kStageFloats * 4,
+              "attention's KV staging buffers and q (front of xs) and its staged q/k/v (end of xs) overlap");
 
 // ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------
 enum MkErrorCode {

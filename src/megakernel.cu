@@ -92,6 +92,7 @@ __device__ __forceinline__ bool load_residual_attn(const MkParams& p, BlockContr
   return true;
 }
 
+template <bool kDeepKV>
 __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -146,7 +147,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       }
       {  // attention of this block's KV-head group (attention.cuh), into ctl.attn_o
         stamp(p, step, 5 * L + 1, 0);
-        if (!attention_stage(p, ctl, L, pos, stage_tag(p, step, L, kTagQKV), stage_tag(p, step, L, kTagAttnPart), step))
+        if (!attention_stage<kDeepKV>(p, ctl, L, pos, stage_tag(p, step, L, kTagQKV), stage_tag(p, step, L, kTagAttnPart), step))
           goto done;
         stamp(p, step, 5 * L + 1, 1);
         sub_stamp(p, ctl, step, kSubAttnChunkMerge);
@@ -252,10 +253,12 @@ constexpr int kMaxRegs = (16384 / (kWarpsPerSubPartition * 32)) / 8 * 8 > 248 ? 
 #else
 #define MK_KERNEL_BOUNDS __launch_bounds__(kBlockThreads, 1)
 #endif
-// Two builds of the same kernel: the short-context one (a prefetch warp keeps the L2 ahead of the
-// weight copies, prefetch.cuh) and the long-context one (lane 0 of the fill warp prefetches with
-// bulk prefetches; its prefetch warp leaves at once). mk_run picks by the launch's mean position.
-enum MkVariant { kShortCtx = 0, kLongCtx = 1 };
+// Three builds of the same kernel: the short-context one (a prefetch warp keeps the L2 ahead of
+// the weight copies, prefetch.cuh), the long-context one (lane 0 of the fill warp prefetches with
+// bulk prefetches; its prefetch warp leaves at once) and the deep-KV one (the long one with a
+// third KV batch in flight in the attention scan, attention.cuh). mk_run picks by the launch's
+// mean position.
+enum MkVariant { kShortCtx = 0, kLongCtx = 1, kDeepKVCtx = 2 };
 template <int kVariant>
 __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkParams p) {
   extern __shared__ __align__(128) uint8_t ring_slots[];
@@ -271,8 +274,8 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
     if (kVariant == kShortCtx) prefetch_main(p, ctl);
     return;
   }
-  if (warp >= kConsumerWarps) producer_main<kVariant == kLongCtx>(p, ctl, ring_slots);
-  else consumer_main(p, ctl, ring_slots);
+  if (warp >= kConsumerWarps) producer_main<kVariant != kShortCtx>(p, ctl, ring_slots);
+  else consumer_main<kVariant == kDeepKVCtx>(p, ctl, ring_slots);
 }
 
 // =============================================================================================
@@ -311,13 +314,17 @@ static const char* kAbiVersion = "megakernel-abi-3";  // host/launcher.py ABI_VE
     }                                                                                          \
   } while (0)
 
-static const void* const kKernels[2] = {(const void*)qwen3_megakernel<kShortCtx>, (const void*)qwen3_megakernel<kLongCtx>};
+static const void* const kKernels[3] = {(const void*)qwen3_megakernel<kShortCtx>, (const void*)qwen3_megakernel<kLongCtx>,
+                                        (const void*)qwen3_megakernel<kDeepKVCtx>};
 
-// The kernel build for a launch: short-context below kShortCtxPositions of mean position.
-// MK_KERNEL=short|long forces one (measurements).
+// The kernel build for a launch by its mean position: short-context below kShortCtxPositions,
+// deep-KV from kDeepKVPositions, long-context between. MK_KERNEL=short|long|deep forces one
+// (measurements).
 static int launch_variant(int pos0, int n_steps) {
-  if (const char* env = getenv("MK_KERNEL")) return strcmp(env, "long") == 0 ? kLongCtx : kShortCtx;
-  return pos0 + n_steps / 2 < kShortCtxPositions ? kShortCtx : kLongCtx;
+  if (const char* env = getenv("MK_KERNEL"))
+    return strcmp(env, "deep") == 0 ? kDeepKVCtx : strcmp(env, "long") == 0 ? kLongCtx : kShortCtx;
+  const int mean = pos0 + n_steps / 2;
+  return mean < kShortCtxPositions ? kShortCtx : mean < kDeepKVPositions ? kLongCtx : kDeepKVCtx;
 }
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
@@ -420,7 +427,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
     MK_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->smem));
   e->threads = kBlockThreads;
   int per_sm = INT_MAX;
-  for (const void* k : kKernels) {  // both builds must fit; the smaller count decides
+  for (const void* k : kKernels) {  // every build must fit; the smallest count decides
     int n = 0;
     MK_TRY(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k, e->threads, e->smem));
     per_sm = std::min(per_sm, n);
@@ -736,9 +743,22 @@ double mk_bytes_per_token(MkEngine* e, int context) {
 #include "prefill_ops.cuh"
 
 // =============================================================================================
-// Standalone harness: build/megakernel WEIGHTS.bin [--steps N] [--ctx C]
+// Standalone harness: build/megakernel WEIGHTS.bin [--steps N] [--ctx C] (random K/V above 1,024)
 // =============================================================================================
 #ifdef MK_STANDALONE
+// Contexts above this are not decoded token by token before the timed launch (32K positions
+// would take ~40 s a run): the cache's positions 0..ctx-1 get random K and V instead. The
+// attention's work per position does not depend on the values.
+constexpr int kHarnessDecodedCtx = 1024;
+__global__ void harness_fill_kv(bf16_t* k, bf16_t* v, int max_ctx, int ctx) {
+  const size_t n = (size_t)kLayers * kKVHeads * max_ctx * kHeadDim;
+  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+    if ((int)(i / kHeadDim % max_ctx) >= ctx) continue;
+    k[i] = float_to_bf16(4.f * uniform01(11, 0, (unsigned)i) - 2.f);
+    v[i] = float_to_bf16(4.f * uniform01(12, 0, (unsigned)i) - 2.f);
+  }
+}
+
 int main(int argc, char** argv) {
   if (argc < 2) {
     fprintf(stderr, "usage: %s WEIGHTS.bin [--steps N] [--ctx C]\n", argv[0]);
@@ -761,9 +781,15 @@ int main(int argc, char** argv) {
   std::vector<int> prompt(ctx), out(std::max(ctx, steps) + 8);
   srand(1234);
   for (int& t : prompt) t = rand() % kVocab;
-  int done = 0;
-  if (mk_run(e, prompt.data(), ctx, 0, ctx, 0, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
-  const int next = out[ctx - 1];
+  int done = 0, next = prompt[0];
+  if (ctx <= kHarnessDecodedCtx) {
+    if (mk_run(e, prompt.data(), ctx, 0, ctx, 0, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
+    next = out[ctx - 1];
+  } else {
+    harness_fill_kv<<<1024, 256>>>(e->p.k_cache, e->p.v_cache, e->max_ctx, ctx);
+    CUDA_CHECK(cudaGetLastError());
+    CUDA_CHECK(cudaDeviceSynchronize());
+  }
   // warm-up, then the timed launch: `steps` tokens in one launch
   if (mk_run(e, nullptr, 0, ctx, 8, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }
   if (mk_run(e, nullptr, 0, ctx, steps, next, out.data(), &done, 0)) { fprintf(stderr, "error: %s\n", mk_error(e)); return 1; }

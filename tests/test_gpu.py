@@ -147,6 +147,17 @@ def test_long_context_decode_matches_reference(flat):
     assert r["one_launch_matches"] and r["deterministic"], r
 
 
+@pytest.mark.parametrize("build", ["short", "long", "deep"])
+def test_every_kernel_build_matches_reference(flat, build, monkeypatch):
+    # launches pick a build by mean position (launch_variant); MK_KERNEL forces one, so each
+    # build's split-KV scan (and the deep build's third batch in flight) meets the reference
+    monkeypatch.setenv("MK_KERNEL", build)
+    from megakernel.validate import validate_after_prefill
+    r = validate_after_prefill(flat, 2500, steps=8, seed=int.from_bytes(os.urandom(2), "little"))
+    assert r["max_rel_err"] <= REL_ERR_LIMIT and r["token_mismatches"] == 0, r
+    assert r["one_launch_matches"] and r["deterministic"], r
+
+
 def test_bulk_prefill_continues_a_conversation(engine):
     # turn 2 prefilled on top of turn 1's cache (the masked, position-offset path) writes the
     # same K/V as one fresh prefill of both turns (the graph path), to bf16 rounding
