@@ -61,10 +61,11 @@ constexpr int kProducerWarps = 2;
 // Crossover measured on the H100 at 99b2897 (RESEARCH.md section 12): mean position 896 short
 // 1,421 / long 1,400 tok/s, 1,024 short 1,386 / long 1,398.
 constexpr int kShortCtxPositions = 960;
-// ... and from this mean position the deep-KV build (a third KV batch in flight in the scan;
-// its extra registers cost elsewhere): H100, RESEARCH.md section 13.
+// ... and from this mean position the deep-KV build (a third KV batch in flight in the scan; its
+// extra registers spill in the GEMVs). Measured on the H100 (RESEARCH.md section 13), long / deep
+// tok/s: mean position 16,512: 678.5 / 666.1; 24,704: 522.5 / 554.5; 32,896: 431.8 / 466.8.
 #ifndef MK_DEEP_KV_POSITIONS
-#define MK_DEEP_KV_POSITIONS 16384
+#define MK_DEEP_KV_POSITIONS 18432
 #endif
 constexpr int kDeepKVPositions = MK_DEEP_KV_POSITIONS;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
