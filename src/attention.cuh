@@ -7,8 +7,9 @@
 // chunk c. Each chunk: q of the group's query heads (per-head RMSNorm + RoPE, every warp
 // redundantly); the member holding the current position first appends this step's k (normed,
 // roped) and v to the cache; the consumer warps scan the chunk's positions (4 at a time per
-// warp; on sm_80+ the next 4 are copied into shared memory meanwhile) with an online softmax and
-// merge their partials in shared memory. With one chunk (short contexts) every member scans it
+// warp, a position per 8 lanes; on sm_80+ the next 4 are copied into shared memory meanwhile, and
+// in the deep-KV build the 4 after those into registers) with an online softmax and merge their
+// partials in shared memory. With one chunk (short contexts) every member scans it
 // itself and no block waits for another; with several, each member publishes its partial (m, l,
 // o) as tagged words and every member of the group merges all of them by log-sum-exp. The
 // result, the group's heads concatenated (kGroupDim values), lands in ctl.attn_o; the caller
