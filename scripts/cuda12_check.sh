@@ -26,7 +26,7 @@ for ptx in "$TMP"/ptx/megakernel.compute_*.ptx; do
   fi
   # ptxas -v says "Compiling entry function '<mangled name>'", then "... N bytes spill stores, M
   # bytes spill loads" of the kernel (later ones: functions it calls) and "Used R registers";
-  # keep the two builds of qwen3_megakernel
+  # keep every build of qwen3_megakernel
   regs=$(awk '/Compiling entry function/ { k = match($0, /qwen3_megakernelILi[0-9]/) ? substr($0, RSTART + 19, 1) : "" }
               k != "" && /spill stores/ && !(k in spill) { spill[k] = $5 "/" $9 }
               k != "" && /Used [0-9]+ registers/ { regs[k] = $5 }

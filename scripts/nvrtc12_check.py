@@ -3,7 +3,7 @@
 NVRTC from the nvidia-cuda-nvrtc-cu12 wheel (CUDA 12's EDG front end and NVVM; no GPU needed)
 compiles src/megakernel.cu to PTX for each architecture the project supports, as nvcc's device
 pass would: C++17, -I src, the line info host/launcher.py asks for. Every kernel in the file is
-generated: both builds of qwen3_megakernel (named to NVRTC, since templates are only emitted
+generated: every build of qwen3_megakernel (named to NVRTC, since templates are only emitted
 when instantiated) and the non-template kernels of bandwidth.cuh and prefill_ops.cuh. The
 sources hide their host code from NVRTC with #ifndef __CUDACC_RTC__ (nvcc never defines it).
 scripts/cuda12_check.sh runs this and assembles the PTX with CUDA 12's ptxas.
@@ -22,7 +22,8 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE = os.path.join(ROOT, "src", "megakernel.cu")
-KERNEL_INSTANCES = ["qwen3_megakernel<0>", "qwen3_megakernel<1>", "qwen3_megakernel<2>"]  # MkVariant
+# the builds of MkVariant (megakernel.cu)
+KERNEL_INSTANCES = ["qwen3_megakernel<0>", "qwen3_megakernel<1>", "qwen3_megakernel<2>"]
 
 # NVRTC 12.4 ships no C++ standard headers. The device code needs two things from them: the
 # fixed-width integers and std::enable_if. These stand-ins supply exactly those, with glibc's

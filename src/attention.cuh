@@ -53,7 +53,7 @@ __device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t
 }
 
 // cp.async (sm_80+) stages KV batches in shared memory; older GPUs load them into registers.
-// (Both functions are declared for every target; below sm_80 they are empty and never called.)
+// (Both are declared for every target; below sm_80 they do no copies or waits and are not called.)
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 constexpr bool kCpAsync = true;
 #else
@@ -138,7 +138,7 @@ template <bool kDeep>
 __device__ __forceinline__ void scan_cached(ScanState& st, const float* q_s, const bf16_t* kc, const bf16_t* vc,
                                             uint8_t* kv_buf, int tb, int t_old, bool prefetch, uint4 (&kr)[2],
                                             uint2 (&vr)[4]) {
-  constexpr int kStride = kConsumerWarps * 4;
+  constexpr int kStride = kAttnQuantum;  // positions the warps take in one pass
   const int lane = threadIdx.x & 31;
   float l_own[kGroup];  // the share of this lane's positions (the 4 lane groups add up at the end)
 #pragma unroll
@@ -248,11 +248,12 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     uint4 kr[2];  // this lane's K pieces and V rows of its first batch (scan_cached)
     uint2 vr[4];
     if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
-    constexpr int kStride = kConsumerWarps * 4;  // positions the warps take in one pass
+    constexpr int kStride = kAttnQuantum;  // positions the warps take in one pass
     // The warps' staging buffers fill the front of xs (q/k/v are staged at its end, the warps'
     // partials overwrite the front only after the scan and a consumer_sync).
     uint8_t* kv_buf = reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
-    const bool staged = kCpAsync && t_old - t0 > kStride;  // a warp has a second batch (block-uniform)
+    // a warp has a second batch (block-uniform)
+    const bool staged = kCpAsync && t_old - t0 > kStride;
     if (kCpAsync && tb + kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kStride, t_old);
     const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
     if (prefetch)
@@ -335,7 +336,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     }
     // q of the group's heads (normed, roped, scaled) in shared memory after the warps' staging
     // buffers, where the scan reads each lane's 16 dims.
-    float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kConsumerWarps * kKVStageBytes);
+    float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kAttnQOffsetBytes);
     if (warp == 0)
 #pragma unroll
       for (int g = 0; g < kGroup; ++g)

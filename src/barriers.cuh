@@ -46,8 +46,9 @@ struct BlockControl {
   int is_last;                          // this block finished a reduction last
   float best_val[kConsumerWarps];
   int best_idx[kConsumerWarps];
-  // Staged stage inputs, double-buffered; the attention stage borrows them for its per-warp
-  // softmax partials and the split-KV partials of its KV head (attention.cuh).
+  // Staged stage inputs, double-buffered; the attention stage borrows them for its KV staging
+  // buffers, q, its per-warp softmax partials and the split-KV partials of its KV head
+  // (attention.cuh, config.cuh).
   alignas(16) float xs[2][kStageFloats];
   alignas(16) float h_full[kHidden];  // the residual stream as this block last read it (all rows)
   alignas(16) float attn_o[kGroupDim];  // attention output of this block's KV-head group

@@ -56,8 +56,9 @@ constexpr int kConsumerWarps = 8;
 // kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
 constexpr int kProducerWarps = 2;
 // Builds of the kernel (megakernel.cu, MkVariant): launches whose mean position is below
-// this run the short-context one (prefetch warp), the others the long-context one (lane-0 bulk
-// prefetch; the split-KV scan is latency-bound and suffers from the prefetch warp's traffic).
+// this run the short-context one (prefetch warp), the others a long-context one (lane-0 bulk
+// prefetch; the split-KV scan is latency-bound and suffers from the prefetch warp's traffic):
+// the long build, or the deep-KV build from kDeepKVPositions (below).
 // Crossover measured on the H100 at 99b2897 (RESEARCH.md section 12): mean position 896 short
 // 1,421 / long 1,400 tok/s, 1,024 short 1,386 / long 1,398.
 constexpr int kShortCtxPositions = 960;
@@ -72,10 +73,13 @@ constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 // Positions the warps take in one pass: the smallest split-KV chunk by default (the environment's
 // MK_ATTN_MIN_CHUNK overrides it at engine creation; 64 measured alike, 128 and 256 slower).
 constexpr int kAttnQuantum = kConsumerWarps * 4;
-// The attention's shared-memory use of the staged-input buffers (attention.cuh): a KV head's q,
-// k and v (words), and a warp's staged KV batch (sm_80+: 4 positions x (K + V) rows of bf16).
+// The attention's shared-memory use of the staged-input buffers xs (attention.cuh): at the front
+// the warps' staged KV batches (sm_80+: 4 positions x (K + V) rows of bf16 a warp), then q of the
+// group's heads; at the end this step's q, k and v of the KV head (words). After the scan the
+// warps' partials overwrite the front (on sm_75 without a barrier: they must end before q).
 constexpr int kAttnQKVWords = (kGroup + 2) * kHeadDim;
 constexpr int kKVStageBytes = 8 * kHeadDim * 2;
+constexpr int kAttnQOffsetBytes = kConsumerWarps * kKVStageBytes;
 #ifndef MK_ATTN_PREFETCH
 #define MK_ATTN_PREFETCH 4
 #endif
@@ -113,8 +117,10 @@ static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) <= kStageFloats,
               "attention's per-warp partials borrow one staged-input buffer");
 static_assert(kGroupDim % 256 == 0, "the O projection's K-slice is read like any row (16-byte pieces, 32 lanes)");
 static_assert(kMergeChunks >= 2, "split-KV needs room for two chunks' partials");
-static_assert(kConsumerWarps * kKVStageBytes + kGroup * kHeadDim * 4 + kAttnQKVWords * 4 <= 2 * kStageFloats * 4,
+static_assert(kAttnQOffsetBytes + kGroup * kHeadDim * 4 + kAttnQKVWords * 4 <= 2 * kStageFloats * 4,
               "attention's KV staging buffers and q (front of xs) and its staged q/k/v (end of xs) overlap");
+static_assert(kConsumerWarps * kGroup * (kHeadDim + 2) * 4 <= kAttnQOffsetBytes,
+              "attention's per-warp partials (written with no barrier after the scan) reach q");
 
 // ---- error codes written by the kernel (MkParams::error[0]) ---------------------------------
 enum MkErrorCode {

@@ -321,8 +321,11 @@ static const void* const kKernels[3] = {(const void*)qwen3_megakernel<kShortCtx>
 // deep-KV from kDeepKVPositions, long-context between. MK_KERNEL=short|long|deep forces one
 // (measurements).
 static int launch_variant(int pos0, int n_steps) {
-  if (const char* env = getenv("MK_KERNEL"))
-    return strcmp(env, "deep") == 0 ? kDeepKVCtx : strcmp(env, "long") == 0 ? kLongCtx : kShortCtx;
+  if (const char* env = getenv("MK_KERNEL")) {  // other values: the rule below
+    if (strcmp(env, "short") == 0) return kShortCtx;
+    if (strcmp(env, "long") == 0) return kLongCtx;
+    if (strcmp(env, "deep") == 0) return kDeepKVCtx;
+  }
   const int mean = pos0 + n_steps / 2;
   return mean < kShortCtxPositions ? kShortCtx : mean < kDeepKVPositions ? kLongCtx : kDeepKVCtx;
 }
