@@ -56,12 +56,20 @@ constexpr int kConsumerWarps = 8;
 // kernel's __launch_bounds__ from a single evaluation, so it cannot differ by architecture.)
 constexpr int kProducerWarps = 2;
 // Builds of the kernel (megakernel.cu, MkVariant): launches whose mean position is below
-// this run the short-context one (prefetch warp), the others a long-context one (lane-0 bulk
-// prefetch; the split-KV scan is latency-bound and suffers from the prefetch warp's traffic):
-// the long build, or the deep-KV build from kDeepKVPositions (below).
-// Crossover measured on the H100 at 99b2897 (RESEARCH.md section 12): mean position 896 short
-// 1,421 / long 1,400 tok/s, 1,024 short 1,386 / long 1,398.
-constexpr int kShortCtxPositions = 960;
+// this run the short-context one (prefetch warp, a ring of kShortCtxRingSlots), the others a
+// long-context one (lane-0 bulk prefetch; the split-KV scan is latency-bound and suffers from
+// the prefetch warp's traffic): the long build, or the deep-KV build from kDeepKVPositions (below).
+// Crossover on the H100 with the 8-slot short ring (RESEARCH.md section 14), short / long tok/s:
+// mean position 1,152: 1,469 / 1,399; 2,176: 1,288 / 1,371. (Section 12, 16 slots: 896 and 1,024.)
+#ifndef MK_SHORT_CTX_POSITIONS
+#define MK_SHORT_CTX_POSITIONS 1536
+#endif
+constexpr int kShortCtxPositions = MK_SHORT_CTX_POSITIONS;
+// The short-context build's ring depth on sm_90 (the long one uses every slot that fits, 16):
+// fewer bytes in flight, quicker activation round trips. H100, 256 tokens, tok/s, 8 / 16 slots:
+// context 1: 1,695-1,714 / 1,668-1,671; 128: 1,634-1,662 / 1,614; 640: 1,506-1,511 / 1,467. Other
+// GPUs keep the full ring (not measured there).
+constexpr int kShortCtxRingSlots = 8;
 // ... and from this mean position the deep-KV build (a third KV batch in flight in the scan; its
 // extra registers spill in the GEMVs). Measured on the H100 (RESEARCH.md section 13), long / deep
 // tok/s: mean position 16,512: 678.5 / 666.1; 24,704: 522.5 / 554.5; 32,896: 431.8 / 466.8.

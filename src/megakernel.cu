@@ -672,8 +672,9 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
   void* args[] = {&p};
   MK_TRY(cudaEventRecord(e->ev0));
-  MK_TRY(cudaLaunchCooperativeKernel(kKernels[launch_variant(pos0, n_steps)], dim3(e->grid), dim3(e->threads), args,
-                                     e->smem, 0));
+  const int variant = launch_variant(pos0, n_steps);
+  if (variant == kShortCtx && e->cc >= 90) p.nslots = std::min(p.nslots, kShortCtxRingSlots);
+  MK_TRY(cudaLaunchCooperativeKernel(kKernels[variant], dim3(e->grid), dim3(e->threads), args, e->smem, 0));
   MK_TRY(cudaEventRecord(e->ev1));
   MK_TRY(cudaEventSynchronize(e->ev1));
   MK_TRY(cudaGetLastError());
