@@ -64,7 +64,7 @@ class Engine:
         return (f"megakernel: {(self.weight_bytes + self.scratch_bytes) / 1e9:.2f} GB on the GPU: weights "
                 f"{self.weight_bytes / 1e9:.2f} GB + KV cache {self.kv_cache_bytes / 1e9:.2f} GB (max_ctx "
                 f"{self.max_ctx}) + buffers {(self.scratch_bytes - self.kv_cache_bytes) / 1e6:.0f} MB; grid "
-                f"{self.grid} x {self.threads} threads, ring {self.ring_slots} slots")
+                f"{self.grid} x {self.threads} threads, ring up to {self.ring_slots} slots")
 
     @property
     def pending_token(self):

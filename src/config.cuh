@@ -65,10 +65,10 @@ constexpr int kProducerWarps = 2;
 #define MK_SHORT_CTX_POSITIONS 1536
 #endif
 constexpr int kShortCtxPositions = MK_SHORT_CTX_POSITIONS;
-// The short-context build's ring depth on sm_90 (the long one uses every slot that fits, 16):
+// The short-context build's ring depth on sm_90+ (the long one uses every slot that fits, 16):
 // fewer bytes in flight, quicker activation round trips. H100, 256 tokens, tok/s, 8 / 16 slots:
-// context 1: 1,695-1,714 / 1,668-1,671; 128: 1,634-1,662 / 1,614; 640: 1,506-1,511 / 1,467. Other
-// GPUs keep the full ring (not measured there).
+// context 1: 1,695-1,714 / 1,668-1,671; 128: 1,634-1,662 / 1,614; 640: 1,506-1,511 / 1,467. Applied
+// from sm_90 up (mk_run); older GPUs keep the full ring (not measured there).
 constexpr int kShortCtxRingSlots = 8;
 // ... and from this mean position the deep-KV build (a third KV batch in flight in the scan; its
 // extra registers spill in the GEMVs). Measured on the H100 (RESEARCH.md section 13), long / deep

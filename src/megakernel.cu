@@ -562,7 +562,7 @@ void mk_destroy(MkEngine* e) {
   delete e;
 }
 
-// out: grid, threads, ring slots, dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes,
+// out: grid, threads, ring slots (the long builds'; short-context launches use kShortCtxRingSlots on sm_90+), dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes,
 // scratch bytes (KV cache + activations + counters, one allocation), of which KV cache bytes
 void mk_info(MkEngine* e, long long* out) {
   const long long kv = 2LL * kLayers * kKVHeads * e->max_ctx * kHeadDim * (long long)sizeof(bf16_t);
@@ -780,8 +780,9 @@ int main(int argc, char** argv) {
   mk_info(e, info);
   cudaDeviceProp prop;
   CUDA_CHECK(cudaGetDeviceProperties(&prop, e->device));
-  printf("device %s (sm_%d, %d SMs): grid %lld x %lld threads, ring %lld x %d KB\n", prop.name, e->cc, e->sms,
-         info[0], info[1], info[2], kSlotBytes / 1024);
+  printf("device %s (sm_%d, %d SMs): grid %lld x %lld threads, ring %lld x %d KB (short-context build: %lld)\n",
+         prop.name, e->cc, e->sms, info[0], info[1], info[2], kSlotBytes / 1024,
+         e->cc >= 90 ? std::min<long long>(info[2], kShortCtxRingSlots) : info[2]);
   std::vector<int> prompt(ctx), out(std::max(ctx, steps) + 8);
   srand(1234);
   for (int& t : prompt) t = rand() % kVocab;
