@@ -61,14 +61,11 @@ constexpr int kProducerWarps = 2;
 // the prefetch warp's traffic): the long build, or the deep-KV build from kDeepKVPositions (below).
 // Crossover on the H100 with the 8-slot short ring (RESEARCH.md section 14), short / long tok/s:
 // mean position 1,152: 1,469 / 1,399; 2,176: 1,288 / 1,371. (Section 12, 16 slots: 896 and 1,024.)
-#ifndef MK_SHORT_CTX_POSITIONS
-#define MK_SHORT_CTX_POSITIONS 1536
-#endif
-constexpr int kShortCtxPositions = MK_SHORT_CTX_POSITIONS;
+constexpr int kShortCtxPositions = 1536;
 // The short-context build's ring depth on sm_90+ (the long one uses every slot that fits, 16):
 // fewer bytes in flight, quicker activation round trips. H100, 256 tokens, tok/s, 8 / 16 slots:
 // context 1: 1,695-1,714 / 1,668-1,671; 128: 1,634-1,662 / 1,614; 640: 1,506-1,511 / 1,467. Applied
-// from sm_90 up (mk_run); older GPUs keep the full ring (not measured there).
+// from sm_90 up (launch_slots, megakernel.cu); older GPUs keep the full ring (not measured there).
 constexpr int kShortCtxRingSlots = 8;
 // ... and from this mean position the deep-KV build (a third KV batch in flight in the scan; its
 // extra registers spill in the GEMVs). Measured on the H100 (RESEARCH.md section 13), long / deep

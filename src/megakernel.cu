@@ -200,7 +200,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
     {  // final norm + LM head + token choice (sampling.cuh)
       float x[kHidden / 32];
       if (p.lm_only_hidden) {  // test mode: a fixed hidden state, no layers
-        idx = kStreamPerLayer * kLayers;
+        idx = kStreamLmHead;
         load_x_f32<kHidden>(p.lm_only_hidden, x);
         load_x_bf16<kHidden>(p.final_norm, norm_w);
       } else {
@@ -328,6 +328,12 @@ static int launch_variant(int pos0, int n_steps) {
   }
   const int mean = pos0 + n_steps / 2;
   return mean < kShortCtxPositions ? kShortCtx : mean < kDeepKVPositions ? kLongCtx : kDeepKVCtx;
+}
+
+// Ring slots a launch of build `variant` uses: the short-context build takes kShortCtxRingSlots on
+// sm_90+ (config.cuh), the others every slot the engine sized.
+static int launch_slots(const MkEngine* e, int variant) {
+  return variant == kShortCtx && e->cc >= 90 ? std::min(e->nslots, kShortCtxRingSlots) : e->nslots;
 }
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
@@ -562,8 +568,9 @@ void mk_destroy(MkEngine* e) {
   delete e;
 }
 
-// out: grid, threads, ring slots (the long builds'; short-context launches use kShortCtxRingSlots on sm_90+), dynamic smem bytes, SMs, compute capability, max_ctx, weight bytes,
-// scratch bytes (KV cache + activations + counters, one allocation), of which KV cache bytes
+// out: grid, threads, ring slots (the long builds'; launch_slots gives a launch's), dynamic smem
+// bytes, SMs, compute capability, max_ctx, weight bytes, scratch bytes (KV cache + activations +
+// counters, one allocation), of which KV cache bytes
 void mk_info(MkEngine* e, long long* out) {
   const long long kv = 2LL * kLayers * kKVHeads * e->max_ctx * kHeadDim * (long long)sizeof(bf16_t);
   const long long v[10] = {e->grid, e->threads, e->nslots, (long long)e->smem, e->sms, e->cc, e->max_ctx,
@@ -673,7 +680,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   void* args[] = {&p};
   MK_TRY(cudaEventRecord(e->ev0));
   const int variant = launch_variant(pos0, n_steps);
-  if (variant == kShortCtx && e->cc >= 90) p.nslots = std::min(p.nslots, kShortCtxRingSlots);
+  p.nslots = launch_slots(e, variant);
   MK_TRY(cudaLaunchCooperativeKernel(kKernels[variant], dim3(e->grid), dim3(e->threads), args, e->smem, 0));
   MK_TRY(cudaEventRecord(e->ev1));
   MK_TRY(cudaEventSynchronize(e->ev1));
@@ -782,7 +789,7 @@ int main(int argc, char** argv) {
   CUDA_CHECK(cudaGetDeviceProperties(&prop, e->device));
   printf("device %s (sm_%d, %d SMs): grid %lld x %lld threads, ring %lld x %d KB (short-context build: %lld)\n",
          prop.name, e->cc, e->sms, info[0], info[1], info[2], kSlotBytes / 1024,
-         e->cc >= 90 ? std::min<long long>(info[2], kShortCtxRingSlots) : info[2]);
+         (long long)launch_slots(e, kShortCtx));
   std::vector<int> prompt(ctx), out(std::max(ctx, steps) + 8);
   srand(1234);
   for (int& t : prompt) t = rand() % kVocab;

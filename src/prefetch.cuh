@@ -28,7 +28,7 @@ __device__ __forceinline__ void prefetch_main(const MkParams& p, BlockControl& c
     // The LM head's slots: one bulk prefetch each (lane 0). It streams 2.4 MB a block with no wait
     // in between; this way ran 1-1.8% faster a token than line prefetches (H100, RESEARCH.md
     // section 14; prefetching it 8, 24 or 64 slots further ahead: equal, -2.5%, -7%).
-    if (pf.idx == kStreamPerLayer * kLayers) {
+    if (pf.idx == kStreamLmHead) {
       if (lane == 0)
         asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(pf.src()), "r"(pf.bytes()) : "memory");
       continue;

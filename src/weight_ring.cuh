@@ -51,11 +51,12 @@ __device__ __forceinline__ void wo_rows(const AttnGroup& g, int& r0, int& r1) {
 
 // Stream position `idx` within one token: 4 matrices per layer, then the LM head.
 constexpr int kStreamPerLayer = 4;
-constexpr int kStreamPerToken = kStreamPerLayer * kLayers + 1;
+constexpr int kStreamLmHead = kStreamPerLayer * kLayers;  // the LM head's position
+constexpr int kStreamPerToken = kStreamLmHead + 1;
 
 __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
   int u0, u1;
-  if (idx == kStreamPerLayer * kLayers) {
+  if (idx == kStreamLmHead) {
     split_units(kVocab, u0, u1);
     return {p.lm_head, u0, u1 - u0, kHidden};
   }
@@ -248,7 +249,7 @@ struct StreamCursor {
   int step, idx, r0, rps;
   Segment s;
   __device__ __forceinline__ void begin(const MkParams& p) {
-    step = 0; idx = p.lm_only_hidden ? kStreamPerLayer * kLayers : 0; r0 = 0;
+    step = 0; idx = p.lm_only_hidden ? kStreamLmHead : 0; r0 = 0;
     s = stream_segment(p, idx);
     rps = rows_per_slot(s.K);
   }
@@ -266,7 +267,7 @@ struct StreamCursor {
     r0 += rps;
     while (r0 >= s.nrows && step < p.n_steps) {  // next non-empty segment
       r0 = 0;
-      if (++idx == kStreamPerToken) { idx = p.lm_only_hidden ? kStreamPerLayer * kLayers : 0; ++step; }
+      if (++idx == kStreamPerToken) { idx = p.lm_only_hidden ? kStreamLmHead : 0; ++step; }
       if (step < p.n_steps) { s = stream_segment(p, idx); rps = rows_per_slot(s.K); }
     }
   }
