@@ -26,7 +26,8 @@ constexpr float kRmsEps = MK_RMS_EPS;
 //   4 per-stage timestamps (the harness prints the breakdown), 8 dot-product cycles and poll
 //   round trips, 16 no weight copies (slots stay zero), 32 no dot products, 64 no L2 prefetch,
 //   128 weight copies from a 4 MB window that stays in L2 (sm_90), 256 sub-stage clocks of block
-//   thread 0 (sub_stamp in barriers.cuh). They all time step MK_STAMP_STEP (default 1).
+//   thread 0 (sub_stamp in barriers.cuh), 1024 the down stage polls half of act (wrong results: how
+//   much the poll's L2 traffic costs). They all time step MK_STAMP_STEP (default 1).
 #ifndef MK_EXP
 #define MK_EXP 0
 #endif
@@ -115,6 +116,31 @@ __host__ __device__ constexpr int rows_per_slot(int K) { return kSlotBytes / (K 
 static_assert(rows_per_slot(kHidden) >= 2 && rows_per_slot(kHidden) % 2 == 0,
               "gate/up rows come in pairs: a slot must hold an even number of hidden-wide rows");
 static_assert(rows_per_slot(kQDim) >= 1 && rows_per_slot(kInter) >= 1, "slot smaller than a row");
+// Rows a ring slot holds, per stage (at most rows_per_slot(K)). A block's stage ends when its
+// slowest consumer warp has done its slots (slot seq goes to warp seq % 8), so a stage with fewer
+// slots than warps leaves warps idle and the busy ones with whole 12 KB slots. The short-context
+// build (kFine) cuts QKV (31-32 rows a block on 132 SMs) into 8 slots of 4 rows and the down
+// projection (7-8 rows of 3,072) into slots of one row; O (64 rows of 256: 3 slots) and gate/up
+// (46-47 rows: 8 slots) keep full slots, as do the long builds, whose 16-slot ring streams the
+// weights during long scans (smaller slots hold fewer bytes). H100, tok/s (RESEARCH.md section 15):
+// QKV 4 / O 24 / down 1 vs full slots: context 1 1,662 vs 1,632-1,645, 128 1,631-1,636 vs
+// 1,598-1,608; QKV 6 instead of 4: -2.5%; O 8: -1.8%; down 2: -1.5%; the long build at 8K: -2.6%.
+#ifndef MK_RPS_QKV
+#define MK_RPS_QKV 4
+#endif
+#ifndef MK_RPS_DOWN
+#define MK_RPS_DOWN 1
+#endif
+template <bool kFine>
+struct SlotRows {
+  static constexpr int kQKV = kFine ? MK_RPS_QKV : rows_per_slot(kHidden);
+  static constexpr int kO = rows_per_slot(kGroupDim);
+  static constexpr int kGateUp = rows_per_slot(kHidden);
+  static constexpr int kDown = kFine ? MK_RPS_DOWN : rows_per_slot(kInter);
+  static constexpr int kLmHead = rows_per_slot(kHidden);
+  static_assert(kQKV >= 1 && kQKV <= rows_per_slot(kHidden) && kDown >= 1 && kDown <= rows_per_slot(kInter),
+                "rows per slot: from 1 to what a slot holds");
+};
 static_assert(kHidden % 256 == 0 && kQDim % 256 == 0 && kInter % 256 == 0,
               "a warp reads a row in 16-byte pieces, 32 lanes at a time");
 static_assert(kHeadDim == 128, "attention maps 4 head dims to each of 32 lanes");

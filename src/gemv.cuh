@@ -59,13 +59,14 @@ __device__ __forceinline__ float pick(const float (&acc)[N], int i) {
   return v;
 }
 
-// Runs the stage's slots through dot(tile, acc) (this lane's partial sums of the slot's rows).
+// Runs the stage's slots through dot(tile, acc) (this lane's partial sums of the slot's RPS rows:
+// the segment's rows per slot, config.cuh).
 // stage_kind names the stage for the timing builds only: its kind (megakernel.cu's stamps: 0 QKV,
 // 2 O, 3 gate/up, 4 down, 5 LM head) + 8 * layer.
-template <int K, class Dot, class Epilogue>
+template <int K, int RPS, class Dot, class Epilogue>
 __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Segment& s, int step,
                                          int stage_kind, Dot&& dot, Epilogue&& epilogue) {
-  constexpr int RPS = rows_per_slot(K);
+  static_assert(RPS >= 1 && RPS <= rows_per_slot(K), "rows per slot");
   const int nslots = (s.nrows + RPS - 1) / RPS;
   // Slot seq always goes to warp seq % kConsumerWarps, and the ring depth is a multiple of
   // kConsumerWarps, so each slot has one consumer warp that takes its fills in order. (A warp
@@ -121,10 +122,10 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 }
 
 // x in registers (K <= 1024: rmsnorm.cuh's layout).
-template <int K, class Epilogue, class = typename std::enable_if<K <= 1024>::type>
+template <int K, int RPS, class Epilogue, class = typename std::enable_if<K <= 1024>::type>
 __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const float (&x)[K / 32],
                                            const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
-  gemv_run<K>(p, ring, s, step, stage_kind,
+  gemv_run<K, RPS>(p, ring, s, step, stage_kind,
               [&](const bf16_t* tile, auto& acc) {
                 slot_dot_partial<K>(tile, [&](int, float (&xp)[K / 32]) {
 #pragma unroll
@@ -134,10 +135,10 @@ __device__ __forceinline__ void gemv_stage(const MkParams& p, Ring& ring, const 
 }
 
 // x in shared memory (K > 1024).
-template <int K, class Epilogue>
+template <int K, int RPS, class Epilogue>
 __device__ __forceinline__ void gemv_stage_smem(const MkParams& p, Ring& ring, const float* xs,
                                                 const Segment& s, int step, int stage_kind, Epilogue&& epilogue) {
-  gemv_run<K>(p, ring, s, step, stage_kind,
+  gemv_run<K, RPS>(p, ring, s, step, stage_kind,
               [&](const bf16_t* tile, auto& acc) {
                 slot_dot_partial<K>(tile, [&](int part, float (&xp)[32]) { load_x_smem<1024>(xs + part * 1024, xp); }, acc);
               }, epilogue);

@@ -92,7 +92,7 @@ __device__ __forceinline__ bool load_residual_attn(const MkParams& p, BlockContr
   return true;
 }
 
-template <bool kDeepKV>
+template <bool kDeepKV, bool kFine>
 __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -138,7 +138,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         sub_stamp(p, ctl, step, kSubQkvNorm);
         const uint32_t tag = stage_tag(p, step, L, kTagQKV);
-        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 0 + 8 * L,
+        gemv_stage<kHidden, SlotRows<kFine>::kQKV>(p, ring, x, stream_segment<kFine>(p, idx++), step, 0 + 8 * L,
                             [&](int row0, int rows, const auto& acc) {
                               if (lane < rows && !mute) ll_store(p.qkv + row0 + lane, pick(acc, lane), tag);
                             });
@@ -157,7 +157,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         load_x_smem<kGroupDim>(ctl.attn_o, xo);
         stamp(p, step, 5 * L + 2, 0);
         unsigned long long* hred = p.hred + ((size_t)(step & 1) * kLayers + L) * kHidden;
-        gemv_stage<kGroupDim>(p, ring, xo, stream_segment(p, idx++), step, 2 + 8 * L,
+        gemv_stage<kGroupDim, SlotRows<kFine>::kO>(p, ring, xo, stream_segment<kFine>(p, idx++), step, 2 + 8 * L,
                               [&](int row0, int rows, const auto& acc) {
                                 if (lane < rows) red_add_counted(hred + row0 + lane, pick(acc, lane));
                               });
@@ -175,7 +175,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
             p.dbg_hidden[(size_t)(2 * L) * kHidden + r] = ctl.h_full[r];
         rmsnorm_redundant<kHidden>(x, norm_w, kRmsEps);
         const uint32_t tag = stage_tag(p, step, L, kTagAct);
-        gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 3 + 8 * L,
+        gemv_stage<kHidden, SlotRows<kFine>::kGateUp>(p, ring, x, stream_segment<kFine>(p, idx++), step, 3 + 8 * L,
                             [&](int row0, int rows, const auto& acc) {
                               if (2 * lane < rows)
                                 ll_store(p.act + row0 / 2 + lane, silu(pick(acc, 2 * lane)) * pick(acc, 2 * lane + 1), tag);
@@ -184,11 +184,11 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         sub_stamp(p, ctl, step, kSubGateUpGemv);
       }
       {  // down projection + residual: h = h + Wd act
-        if (!ll_stage<kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[0], step)) goto done;
+        if (!ll_stage<(MK_EXP & 1024) ? kInter / 2 : kInter>(p, ctl, p.act, stage_tag(p, step, L, kTagAct), ctl.xs[0], step)) goto done;
         stamp(p, step, 5 * L + 4, 0);
         sub_stamp(p, ctl, step, kSubDownInput);
         const uint32_t tag = stage_tag(p, step, L, kTagHMlp);
-        gemv_stage_smem<kInter>(p, ring, ctl.xs[0], stream_segment(p, idx++), step, 4 + 8 * L,
+        gemv_stage_smem<kInter, SlotRows<kFine>::kDown>(p, ring, ctl.xs[0], stream_segment<kFine>(p, idx++), step, 4 + 8 * L,
                                 [&](int row0, int rows, const auto& acc) {
                                   residual_add(p, ctl, row0, rows, acc, tag, 2 * L + 1);
                                 });
@@ -217,10 +217,10 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       if (mode != 0) consumer_sync();  // every warp has read its input from xs before lg overwrites it
       float best_v = -INFINITY;
       int best_i = 0x7fffffff;
-      gemv_stage<kHidden>(p, ring, x, stream_segment(p, idx++), step, 5,
+      gemv_stage<kHidden, SlotRows<kFine>::kLmHead>(p, ring, x, stream_segment<kFine>(p, idx++), step, 5,
                           [&](int row0, int rows, const auto& acc) {
 #pragma unroll
-                            for (int r = 0; r < rows_per_slot(kHidden); ++r)
+                            for (int r = 0; r < SlotRows<kFine>::kLmHead; ++r)
                               if (r < rows && mode == 0 && better(acc[r], row0 + r, best_v, best_i)) {
                                 best_v = acc[r];
                                 best_i = row0 + r;
@@ -271,11 +271,12 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
   __syncthreads();
   const int warp = threadIdx.x / 32;
   if (warp == kConsumerWarps + 1) {
-    if (kVariant == kShortCtx) prefetch_main(p, ctl);
+    if (kVariant == kShortCtx) prefetch_main<true>(p, ctl);
     return;
   }
-  if (warp >= kConsumerWarps) producer_main<kVariant != kShortCtx>(p, ctl, ring_slots);
-  else consumer_main<kVariant == kDeepKVCtx>(p, ctl, ring_slots);
+  // The short build: the prefetch warp, fine slots (config.cuh, SlotRows); the others: lane-0 bulk prefetch.
+  if (warp >= kConsumerWarps) producer_main<kVariant != kShortCtx, kVariant == kShortCtx>(p, ctl, ring_slots);
+  else consumer_main<kVariant == kDeepKVCtx, kVariant == kShortCtx>(p, ctl, ring_slots);
 }
 
 // =============================================================================================
@@ -334,6 +335,15 @@ static int launch_variant(int pos0, int n_steps) {
 // sm_90+ (config.cuh), the others every slot the engine sized.
 static int launch_slots(const MkEngine* e, int variant) {
   return variant == kShortCtx && e->cc >= 90 ? std::min(e->nslots, kShortCtxRingSlots) : e->nslots;
+}
+
+// L2 prefetch distance of a launch of build `variant`: the short build's slots are smaller
+// (config.cuh, SlotRows), so on sm_90+ its prefetch warp runs twice the engine's distance ahead.
+// H100, tok/s, 16 / 8 slots: context 640 1,519-1,522 / 1,486-1,497, 1,024 1,455 / 1,426-1,429,
+// context 1 alike (RESEARCH.md section 15). An MK_PREFETCH_SLOTS setting is taken as it is.
+static int launch_prefetch_slots(const MkEngine* e, int variant) {
+  const int slots = e->p.prefetch_slots;
+  return variant == kShortCtx && e->cc >= 90 && !getenv("MK_PREFETCH_SLOTS") ? 2 * slots : slots;
 }
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
@@ -681,6 +691,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   MK_TRY(cudaEventRecord(e->ev0));
   const int variant = launch_variant(pos0, n_steps);
   p.nslots = launch_slots(e, variant);
+  p.prefetch_slots = launch_prefetch_slots(e, variant);
   MK_TRY(cudaLaunchCooperativeKernel(kKernels[variant], dim3(e->grid), dim3(e->threads), args, e->smem, 0));
   MK_TRY(cudaEventRecord(e->ev1));
   MK_TRY(cudaEventSynchronize(e->ev1));

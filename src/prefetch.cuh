@@ -12,10 +12,11 @@
 #pragma once
 #include "weight_ring.cuh"
 
+template <bool kFine>
 __device__ __forceinline__ void prefetch_main(const MkParams& p, BlockControl& ctl) {
 #if !(MK_EXP & 64)  // experiment switch: no L2 prefetch
   const int lane = threadIdx.x & 31;
-  StreamCursor pf;
+  StreamCursor<kFine> pf;
   pf.begin(p);
   for (uint32_t pf_seq = 0; !pf.done(p); ++pf_seq, pf.advance(p)) {
     // Stay p.prefetch_slots ahead of the fills. fill_seq is a hint with no ordering duty, but a

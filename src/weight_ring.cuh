@@ -23,6 +23,7 @@ struct Segment {
   int row0;            // first row of this block's slice
   int nrows;           // rows in the slice
   int K;               // row length (elements) as the stage reads it
+  int rps;             // rows per ring slot (config.cuh, SlotRows)
   int ld = K;          // row stride of the matrix (elements)
   int col0 = 0;        // first column
 };
@@ -54,22 +55,25 @@ constexpr int kStreamPerLayer = 4;
 constexpr int kStreamLmHead = kStreamPerLayer * kLayers;  // the LM head's position
 constexpr int kStreamPerToken = kStreamLmHead + 1;
 
+// kFine: the short-context build's rows per slot (config.cuh, SlotRows).
+template <bool kFine>
 __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
+  using R = SlotRows<kFine>;
   int u0, u1;
   if (idx == kStreamLmHead) {
     split_units(kVocab, u0, u1);
-    return {p.lm_head, u0, u1 - u0, kHidden};
+    return {p.lm_head, u0, u1 - u0, kHidden, R::kLmHead};
   }
   const LayerWeights& w = p.layer[idx / kStreamPerLayer];
   switch (idx % kStreamPerLayer) {
-    case 0: split_units(kQKVDim, u0, u1); return {w.wqkv, u0, u1 - u0, kHidden};
+    case 0: split_units(kQKVDim, u0, u1); return {w.wqkv, u0, u1 - u0, kHidden, R::kQKV};
     case 1: {
       const AttnGroup g = attn_group();
       wo_rows(g, u0, u1);
-      return {w.wo, u0, u1 - u0, kGroupDim, kQDim, g.head * kGroupDim};
+      return {w.wo, u0, u1 - u0, kGroupDim, R::kO, kQDim, g.head * kGroupDim};
     }
-    case 2: split_units(kInter, u0, u1); return {w.wgu, 2 * u0, 2 * (u1 - u0), kHidden};  // pairs
-    default: split_units(kHidden, u0, u1); return {w.wdown, u0, u1 - u0, kInter};
+    case 2: split_units(kInter, u0, u1); return {w.wgu, 2 * u0, 2 * (u1 - u0), kHidden, R::kGateUp};  // pairs
+    default: split_units(kHidden, u0, u1); return {w.wdown, u0, u1 - u0, kInter, R::kDown};
   }
 }
 
@@ -243,15 +247,16 @@ __device__ __forceinline__ bool producer_wait_empty(const MkParams& p, const Rin
   }
 }
 
-// Walks the weight stream of one block slot by slot: every step, every segment, rows_per_slot
-// rows at a time. The ring fill and the L2 prefetch front are two cursors over it.
+// Walks the weight stream of one block slot by slot: every step, every segment, its rows per
+// slot (Segment::rps) at a time. The ring fill and the L2 prefetch front are two cursors over it.
+template <bool kFine>
 struct StreamCursor {
   int step, idx, r0, rps;
   Segment s;
   __device__ __forceinline__ void begin(const MkParams& p) {
     step = 0; idx = p.lm_only_hidden ? kStreamLmHead : 0; r0 = 0;
-    s = stream_segment(p, idx);
-    rps = rows_per_slot(s.K);
+    s = stream_segment<kFine>(p, idx);
+    rps = s.rps;
   }
   __device__ __forceinline__ bool done(const MkParams& p) const { return step >= p.n_steps; }
   __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)(s.row0 + r0) * s.ld + s.col0; }
@@ -268,7 +273,7 @@ struct StreamCursor {
     while (r0 >= s.nrows && step < p.n_steps) {  // next non-empty segment
       r0 = 0;
       if (++idx == kStreamPerToken) { idx = p.lm_only_hidden ? kStreamLmHead : 0; ++step; }
-      if (step < p.n_steps) { s = stream_segment(p, idx); rps = rows_per_slot(s.K); }
+      if (step < p.n_steps) { s = stream_segment<kFine>(p, idx); rps = s.rps; }
     }
   }
 };
@@ -277,7 +282,7 @@ struct StreamCursor {
 // kBulkPrefetch (the long-context kernel, sm_90): lane 0 also keeps an L2 prefetch front
 // p.prefetch_slots slots ahead of the fills with bulk prefetches. Otherwise the prefetch warp
 // (prefetch.cuh) does it, and the producer publishes how many slots it has issued (ctl.fill_seq).
-template <bool kBulkPrefetch>
+template <bool kBulkPrefetch, bool kFine>
 __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring r{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -286,11 +291,11 @@ __device__ __forceinline__ void producer_main(const MkParams& p, BlockControl& c
   uint64_t policy;
   asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
 #endif
-  StreamCursor fill;
+  StreamCursor<kFine> fill;
   fill.begin(p);
   uint32_t seq = 0;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  StreamCursor pf;
+  StreamCursor<kFine> pf;
   if (kBulkPrefetch) pf.begin(p);
   uint32_t pf_seq = 0;
 #endif
