@@ -90,6 +90,7 @@ class Prefill:
         self._uses = {}
         self._fp32_out, self._addmm_inplace = self._probe_fp32_out()
         self._ops = ops if (ops is not None and self.device.type == "cuda" and dtype == torch.bfloat16) else None
+        self._warmed = self.device.type != "cuda"
 
     @classmethod
     def from_engine(cls, engine) -> "Prefill":
@@ -255,6 +256,8 @@ class Prefill:
         if int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.vocab_size:
             raise MegakernelError(f"a token id is outside [0, {self.cfg.vocab_size}); use this model's tokenizer")
         tokens = tokens.to(self.device)
+        if not self._warmed:
+            self._warm_up()
         bucket = self._bucket(T) if self.device.type == "cuda" and start == 0 else None
         if bucket is None:
             self._forward(tokens, start)
@@ -277,6 +280,21 @@ class Prefill:
                 self._forward(padded, 0)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # the megakernel runs next, on another stream
+
+    def _warm_up(self) -> None:
+        """One pass over a scratch cache before the first real one. The first pass of a process
+        wrote a cache that differed in its last bits from every later pass of the same prompt
+        (H100, PyTorch 2.11; GEMMs of the same shapes run before did not change that, a whole
+        pass did), and a near-tie token could then follow it (RESEARCH.md section 15)."""
+        cfg, n = self.cfg, GRAPH_BUCKETS[0]
+        shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, n, cfg.head_dim)
+        k = torch.zeros(shape, dtype=self.k_cache.dtype, device=self.device)
+        v = torch.zeros_like(k)
+        scratch = Prefill.__new__(Prefill)
+        scratch.__dict__.update(self.__dict__, k_cache=k, v_cache=v, max_ctx=n)
+        scratch._forward(torch.zeros(n, dtype=torch.long, device=self.device), 0)
+        torch.cuda.synchronize(self.device)
+        self._warmed = True
 
     def _bucket(self, T: int):
         """The graph bucket of a T-token fresh prompt, or None when it has none that fits max_ctx."""

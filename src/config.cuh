@@ -119,7 +119,7 @@ static_assert(rows_per_slot(kQDim) >= 1 && rows_per_slot(kInter) >= 1, "slot sma
 // Rows a ring slot holds, per stage (at most rows_per_slot(K)). A block's stage ends when its
 // slowest consumer warp has done its slots (slot seq goes to warp seq % 8), so a stage with fewer
 // slots than warps leaves warps idle and the busy ones with whole 12 KB slots. The short-context
-// build (kFine) cuts QKV (31-32 rows a block on 132 SMs) into 8 slots of 4 rows and the down
+// build (kFine, sm_90+) cuts QKV (31-32 rows a block on 132 SMs) into 8 slots of 4 rows and the down
 // projection (7-8 rows of 3,072) into slots of one row; O (64 rows of 256: 3 slots) and gate/up
 // (46-47 rows: 8 slots) keep full slots, as do the long builds, whose 16-slot ring streams the
 // weights during long scans (smaller slots hold fewer bytes). H100, tok/s (RESEARCH.md section 15):
@@ -130,6 +130,13 @@ static_assert(rows_per_slot(kQDim) >= 1 && rows_per_slot(kInter) >= 1, "slot sma
 #endif
 #ifndef MK_RPS_DOWN
 #define MK_RPS_DOWN 1
+#endif
+// Fine slots were measured with sm_90's bulk copies; the sm_80 and sm_75 fill paths keep full ones
+// (PTX-only builds on the H100 with fine slots: compute_80 784 vs 838 tok/s, compute_75 314 vs 334).
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+constexpr bool kFineSlotsArch = false;
+#else
+constexpr bool kFineSlotsArch = true;
 #endif
 template <bool kFine>
 struct SlotRows {

@@ -270,13 +270,15 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
 #endif
   __syncthreads();
   const int warp = threadIdx.x / 32;
+  // The short build: the prefetch warp and, on sm_90+, fine slots (config.cuh, SlotRows); the
+  // others: lane-0 bulk prefetch, full slots.
+  constexpr bool kFine = kVariant == kShortCtx && kFineSlotsArch;
   if (warp == kConsumerWarps + 1) {
-    if (kVariant == kShortCtx) prefetch_main<true>(p, ctl);
+    if (kVariant == kShortCtx) prefetch_main<kFine>(p, ctl);
     return;
   }
-  // The short build: the prefetch warp, fine slots (config.cuh, SlotRows); the others: lane-0 bulk prefetch.
-  if (warp >= kConsumerWarps) producer_main<kVariant != kShortCtx, kVariant == kShortCtx>(p, ctl, ring_slots);
-  else consumer_main<kVariant == kDeepKVCtx, kVariant == kShortCtx>(p, ctl, ring_slots);
+  if (warp >= kConsumerWarps) producer_main<kVariant != kShortCtx, kFine>(p, ctl, ring_slots);
+  else consumer_main<kVariant == kDeepKVCtx, kFine>(p, ctl, ring_slots);
 }
 
 // =============================================================================================
@@ -288,6 +290,7 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
 struct MkEngine {
   int device = 0, sms = 0, cc = 0;
   int grid = 0, threads = 0, nslots = 0;
+  bool fine_slots = false;  // the short build's fine slots (config.cuh, SlotRows): sm_90+ code
   size_t smem = 0;
   int max_ctx = 0, attn_max_chunks = 0;
   FlatFileInfo info;
@@ -337,13 +340,13 @@ static int launch_slots(const MkEngine* e, int variant) {
   return variant == kShortCtx && e->cc >= 90 ? std::min(e->nslots, kShortCtxRingSlots) : e->nslots;
 }
 
-// L2 prefetch distance of a launch of build `variant`: the short build's slots are smaller
-// (config.cuh, SlotRows), so on sm_90+ its prefetch warp runs twice the engine's distance ahead.
+// L2 prefetch distance of a launch of build `variant`: the short build's slots are smaller where
+// its code is sm_90's (config.cuh, SlotRows), so its prefetch warp runs twice the engine's distance ahead.
 // H100, tok/s, 16 / 8 slots: context 640 1,519-1,522 / 1,486-1,497, 1,024 1,455 / 1,426-1,429,
 // context 1 alike (RESEARCH.md section 15). An MK_PREFETCH_SLOTS setting is taken as it is.
 static int launch_prefetch_slots(const MkEngine* e, int variant) {
   const int slots = e->p.prefetch_slots;
-  return variant == kShortCtx && e->cc >= 90 && !getenv("MK_PREFETCH_SLOTS") ? 2 * slots : slots;
+  return variant == kShortCtx && e->fine_slots && !getenv("MK_PREFETCH_SLOTS") ? 2 * slots : slots;
 }
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
@@ -432,6 +435,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   // Ring depth: as many slots as the device's opt-in shared memory holds, beside the static part.
   cudaFuncAttributes fa;
   MK_TRY(cudaFuncGetAttributes(&fa, qwen3_megakernel<kShortCtx>));
+  e->fine_slots = fa.ptxVersion >= 90;  // compiled as sm_90+ code (not a PTX-only compute_80/75 build)
   const size_t avail = prop.sharedMemPerBlockOptin - fa.sharedSizeBytes - 1024;
   e->nslots = (int)std::min<size_t>(kRingSlots, avail / kSlotBytes);
   if (const char* env = getenv("MK_RING_SLOTS")) e->nslots = std::min(e->nslots, atoi(env));  // tuning knob
