@@ -21,7 +21,9 @@ PyTorch ops do the elementwise work, RoPE as one batched matmul by per-position 
 Fresh prompts (start == 0) on a GPU run padded to a power-of-two length bucket (positions past the
 prompt get padding K/V, which decode overwrites before it reads them): eagerly on the bucket's
 first use, then from a CUDA graph captured on its second, both with the same shapes and so the
-same cache bit for bit; longer prompts and continuations run eagerly at their own length.
+same cache bit for bit; longer prompts and continuations run eagerly at their own length. Before its
+first real pass a Prefill runs one pass over a scratch cache: a process's very first pass wrote a
+cache that differed in its last bits from every later one (RESEARCH.md section 15).
 """
 from __future__ import annotations
 

@@ -3,7 +3,10 @@
 All tests use a random checkpoint of the real Qwen3-0.6B shapes written in the HF layout and
 converted by the same code as a user's download. Marked `gpu`: skipped without a GPU.
 """
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -46,6 +49,38 @@ def test_generation_is_deterministic_and_continues(engine):
     first = engine.generate(prompt, 20)
     rest = engine.generate([], 20, reset=False)
     assert first + rest == a
+
+
+_FIRST_PREFILL = r"""
+import hashlib, json, random, sys
+import torch
+from megakernel.engine import Engine
+with Engine(sys.argv[1], max_ctx=64, quiet=True) as eng:
+    rng = random.Random(int(sys.argv[2]))
+    prompt = [rng.randrange(eng.config.vocab_size) for _ in range(31)]
+    pf, out = eng.prefiller, []
+    for _ in range(3):  # eager (the process's first pass), graph capture, graph replay
+        pf.k_cache.fill_(float("nan"))
+        pf.v_cache.fill_(float("nan"))
+        pf(prompt, 0)
+        k, v = pf.k_cache[:, :, :31].contiguous(), pf.v_cache[:, :, :31].contiguous()
+        out.append([bool(torch.isnan(k).any() or torch.isnan(v).any()),
+                    hashlib.sha1(k.view(torch.int16).cpu().numpy().tobytes() +
+                                 v.view(torch.int16).cpu().numpy().tobytes()).hexdigest()])
+print(json.dumps(out))
+"""
+
+
+def test_first_bulk_prefill_of_a_process_writes_what_later_ones_write(flat):
+    # A fresh process: its first bulk prefill once wrote a cache that differed in its last bits
+    # from every later pass of the same prompt, and a near-tie token followed (RESEARCH.md section 15).
+    seed = str(int.from_bytes(os.urandom(2), "little"))
+    r = subprocess.run([sys.executable, "-c", _FIRST_PREFILL, flat, seed], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    passes = json.loads(r.stdout.strip().splitlines()[-1])
+    assert not any(poisoned for poisoned, _ in passes), "a pass left the poisoned cache"
+    assert len({h for _, h in passes}) == 1, passes
 
 
 def test_closed_engine_refuses_calls(flat):
