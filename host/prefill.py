@@ -292,7 +292,7 @@ class Prefill:
         shape = (cfg.num_hidden_layers, cfg.num_key_value_heads, n, cfg.head_dim)
         k = torch.zeros(shape, dtype=self.k_cache.dtype, device=self.device)
         v = torch.zeros_like(k)
-        scratch = Prefill.__new__(Prefill)
+        scratch = type(self).__new__(type(self))
         scratch.__dict__.update(self.__dict__, k_cache=k, v_cache=v, max_ctx=n)
         scratch._forward(torch.zeros(n, dtype=torch.long, device=self.device), 0)
         torch.cuda.synchronize(self.device)

@@ -41,8 +41,8 @@ constexpr int kStampStep = MK_STAMP_STEP;
 #define MK_POLL_SLEEP_NS 200  // back-off between polls of an activation word; tuned (RESEARCH.md)
 #endif
 // Weights stream through a ring of shared-memory slots. A slot holds whole rows; its size is a
-// common multiple of the three row widths (K = hidden, q_dim, intermediate) in bytes, so every
-// slot of every stage is full except a stage's last.
+// common multiple of the three row widths (K = hidden, q_dim, intermediate) in bytes, so a stage's
+// slots are full except its last (SlotRows below: the short build's QKV and down slots hold fewer rows).
 constexpr int kSlotBytes = 12288;
 constexpr int kMaxSlots = 32;                        // shared-memory control arrays
 // Ring depth: min(this, what shared memory holds); tuned on an H200 (RESEARCH.md).
@@ -121,7 +121,7 @@ static_assert(rows_per_slot(kQDim) >= 1 && rows_per_slot(kInter) >= 1, "slot sma
 // slots than warps leaves warps idle and the busy ones with whole 12 KB slots. The short-context
 // build (kFine, sm_90+) cuts QKV (31-32 rows a block on 132 SMs) into 8 slots of 4 rows and the down
 // projection (7-8 rows of 3,072) into slots of one row; O (64 rows of 256: 3 slots) and gate/up
-// (46-47 rows: 8 slots) keep full slots, as do the long builds, whose 16-slot ring streams the
+// (46 or 48 rows: 8 slots) keep full slots, as do the long builds, whose 16-slot ring streams the
 // weights during long scans (smaller slots hold fewer bytes). H100, tok/s (RESEARCH.md section 15):
 // QKV 4 / O 24 / down 1 vs full slots: context 1 1,662 vs 1,632-1,645, 128 1,631-1,636 vs
 // 1,598-1,608; QKV 6 instead of 4: -2.5%; O 8: -1.8%; down 2: -1.5%; the long build at 8K: -2.6%.

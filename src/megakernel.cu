@@ -271,7 +271,7 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
   __syncthreads();
   const int warp = threadIdx.x / 32;
   // The short build: the prefetch warp and, on sm_90+, fine slots (config.cuh, SlotRows); the
-  // others: lane-0 bulk prefetch, full slots.
+  // others: full slots, and on sm_90 the fill warp's lane-0 bulk prefetch.
   constexpr bool kFine = kVariant == kShortCtx && kFineSlotsArch;
   if (warp == kConsumerWarps + 1) {
     if (kVariant == kShortCtx) prefetch_main<kFine>(p, ctl);
@@ -291,6 +291,7 @@ struct MkEngine {
   int device = 0, sms = 0, cc = 0;
   int grid = 0, threads = 0, nslots = 0;
   bool fine_slots = false;  // the short build's fine slots (config.cuh, SlotRows): sm_90+ code
+  bool prefetch_slots_set = false;  // MK_PREFETCH_SLOTS gave the prefetch distance
   size_t smem = 0;
   int max_ctx = 0, attn_max_chunks = 0;
   FlatFileInfo info;
@@ -341,12 +342,15 @@ static int launch_slots(const MkEngine* e, int variant) {
 }
 
 // L2 prefetch distance of a launch of build `variant`: the short build's slots are smaller where
-// its code is sm_90's (config.cuh, SlotRows), so its prefetch warp runs twice the engine's distance ahead.
-// H100, tok/s, 16 / 8 slots: context 640 1,519-1,522 / 1,486-1,497, 1,024 1,455 / 1,426-1,429,
-// context 1 alike (RESEARCH.md section 15). An MK_PREFETCH_SLOTS setting is taken as it is.
+// its code is sm_90's (config.cuh, SlotRows), so its prefetch warp runs twice the engine's distance
+// ahead, up to the 16 slots measured. H100, tok/s, 16 / 8 slots: context 640 1,519-1,522 /
+// 1,486-1,497, 1,024 1,455 / 1,426-1,429, context 1 alike (RESEARCH.md section 15); with 12 KB slots
+// 24 were slower and 36 much slower. An MK_PREFETCH_SLOTS setting (engine creation) is taken as it is.
+constexpr int kFinePrefetchSlotsMax = 16;
 static int launch_prefetch_slots(const MkEngine* e, int variant) {
   const int slots = e->p.prefetch_slots;
-  return variant == kShortCtx && e->fine_slots && !getenv("MK_PREFETCH_SLOTS") ? 2 * slots : slots;
+  if (variant != kShortCtx || !e->fine_slots || e->prefetch_slots_set) return slots;
+  return std::max(slots, std::min(2 * slots, kFinePrefetchSlotsMax));
 }
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
@@ -540,9 +544,13 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   if (const char* env = getenv("MK_ATTN_MIN_CHUNK")) p.attn_min_chunk = std::max(4, atoi(env) / 4 * 4);  // tuning knob
   p.nslots = e->nslots;
   // L2 prefetch distance: 1/4 of the L2 shared by all blocks, in slots per block (H100: 8 slots;
-  // 4-12 measured alike, 24 slower, 36 much slower: RESEARCH.md).
+  // 4-12 measured alike, 24 slower, 36 much slower: RESEARCH.md). The short build's launches on
+  // sm_90 code double it (launch_prefetch_slots).
   p.prefetch_slots = (int)(0.25 * prop.l2CacheSize / ((double)e->grid * kSlotBytes));
-  if (const char* env = getenv("MK_PREFETCH_SLOTS")) p.prefetch_slots = atoi(env);  // tuning knob
+  if (const char* env = getenv("MK_PREFETCH_SLOTS")) {  // tuning knob
+    p.prefetch_slots = atoi(env);
+    e->prefetch_slots_set = true;
+  }
   p.timeout_ns = 2000ull * 1000 * 1000;
   if (const char* env = getenv("MK_TIMEOUT_MS")) p.timeout_ns = (unsigned long long)(atof(env) * 1e6);
   p.fault_block = -1;
