@@ -107,7 +107,12 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 #pragma unroll
       for (int r = 0; r < RPS; ++r) acc[r] = 0.f;
 #else
-      dot(ring.slot_ptr(seq), acc);
+      if ((MK_NODOT_MASK >> (stage_kind % 8)) & 1) {  // experiment: no dot products in these stage kinds
+#pragma unroll
+        for (int r = 0; r < RPS; ++r) acc[r] = 0.f;
+      } else {
+        dot(ring.slot_ptr(seq), acc);
+      }
 #endif
       ring.release(seq);
     } else {

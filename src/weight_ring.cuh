@@ -251,16 +251,15 @@ __device__ __forceinline__ bool producer_wait_empty(const MkParams& p, const Rin
 // slot (Segment::rps) at a time. The ring fill and the L2 prefetch front are two cursors over it.
 template <bool kFine>
 struct StreamCursor {
-  int step, idx, r0, rps;
+  int step, idx, r0;
   Segment s;
   __device__ __forceinline__ void begin(const MkParams& p) {
     step = 0; idx = p.lm_only_hidden ? kStreamLmHead : 0; r0 = 0;
     s = stream_segment<kFine>(p, idx);
-    rps = s.rps;
   }
   __device__ __forceinline__ bool done(const MkParams& p) const { return step >= p.n_steps; }
   __device__ __forceinline__ const bf16_t* src() const { return s.base + (size_t)(s.row0 + r0) * s.ld + s.col0; }
-  __device__ __forceinline__ int rows() const { return min(rps, s.nrows - r0); }
+  __device__ __forceinline__ int rows() const { return min(s.rps, s.nrows - r0); }
   __device__ __forceinline__ unsigned bytes() const { return (unsigned)(rows() * s.K * 2); }
   __device__ __forceinline__ bool contiguous() const { return s.ld == s.K; }
   // 16-byte piece i of the slot's rows in global memory
@@ -269,11 +268,11 @@ struct StreamCursor {
     return reinterpret_cast<const uint4*>(src() + (size_t)(i / per_row) * s.ld) + i % per_row;
   }
   __device__ __forceinline__ void advance(const MkParams& p) {
-    r0 += rps;
+    r0 += s.rps;
     while (r0 >= s.nrows && step < p.n_steps) {  // next non-empty segment
       r0 = 0;
       if (++idx == kStreamPerToken) { idx = p.lm_only_hidden ? kStreamLmHead : 0; ++step; }
-      if (step < p.n_steps) { s = stream_segment<kFine>(p, idx); rps = s.rps; }
+      if (step < p.n_steps) s = stream_segment<kFine>(p, idx);
     }
   }
 };
