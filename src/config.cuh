@@ -37,9 +37,11 @@ constexpr float kRmsEps = MK_RMS_EPS;
 constexpr int kStampStep = MK_STAMP_STEP;
 // Timing experiment (RESEARCH.md section 16; 0 in every real build): bit k skips the dot products of
 // the GEMV stage kind k (gemv.cuh: 0 QKV, 2 O, 3 gate/up, 4 down, 5 LM head); wrong results.
+// (MK_EXP & 32, no dot products at all, is every bit.)
 #ifndef MK_NODOT_MASK
 #define MK_NODOT_MASK 0
 #endif
+constexpr unsigned kNoDotMask = (unsigned)(MK_NODOT_MASK) | ((MK_EXP & 32) ? 0xffu : 0u);
 
 // ---- tuning ---------------------------------------------------------------------------------
 #ifndef MK_POLL_SLEEP_NS

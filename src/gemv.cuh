@@ -103,11 +103,8 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
         atomicAdd(d + kDbgDotCycles + stage_kind % 8, (unsigned long long)(c1 - c0));
         atomicAdd(d + kDbgDotSlots + stage_kind % 8, 1ull);
       }
-#elif MK_EXP & 32  // experiment: no arithmetic on the weights (the waits and the stream alone)
-#pragma unroll
-      for (int r = 0; r < RPS; ++r) acc[r] = 0.f;
 #else
-      if ((MK_NODOT_MASK >> (stage_kind % 8)) & 1) {  // experiment: no dot products in these stage kinds
+      if ((kNoDotMask >> (stage_kind % 8)) & 1) {  // experiment: no dot products in these stage kinds
 #pragma unroll
         for (int r = 0; r < RPS; ++r) acc[r] = 0.f;
       } else {
