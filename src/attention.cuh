@@ -91,6 +91,42 @@ __device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint4 (&kq)[2]
   __syncwarp();  // every lane has read before the buffer is refilled
 }
 
+// The deep staging (kKVDepth > 1): every call commits a cp.async group, empty when tb >= t_end, so
+// that a warp's count of pending groups stays in step with its staged batches.
+__device__ __forceinline__ void stage_kv_batch_or_none(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
+                                                       int t_end) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  const int lane = threadIdx.x & 31;
+  if (tb < t_end) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int piece = lane + 32 * r;
+      const int row = piece / 16, t = min(tb + row % 4, t_end - 1);
+      const bf16_t* src = (row < 4 ? kc : vc) + (size_t)t * kHeadDim + (piece % 16) * 8;
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
+                   :: "r"((uint32_t)__cvta_generic_to_shared(buf + piece * 16)), "l"(src) : "memory");
+    }
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+// Waits until at most kPending of this warp's groups are in flight (its oldest staged batch has
+// landed) and moves that batch from buf into registers.
+template <int kPending>
+__device__ __forceinline__ void take_kv_batch_after(const uint8_t* buf, uint4 (&kq)[2], uint2 (&vr)[4]) {
+  const int lane = threadIdx.x & 31, s = lane % 8;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  asm volatile("cp.async.wait_group %0;" :: "n"(kPending) : "memory");
+#endif
+  __syncwarp();
+  const uint4* krow = reinterpret_cast<const uint4*>(buf + (lane / 8) * kHeadDim * 2);
+  kq[0] = krow[s];
+  kq[1] = krow[8 + s];
+#pragma unroll
+  for (int u = 0; u < 4; ++u) vr[u] = reinterpret_cast<const uint2*>(buf + (4 + u) * kHeadDim * 2)[lane];
+  __syncwarp();
+}
+
 // q . k over this lane's 16 dims, q's head in shared memory (128 floats).
 __device__ __forceinline__ float dot16(const float* qh, const uint4 (&kq)[2]) {
   const int s = (threadIdx.x & 31) % 8;
@@ -134,7 +170,7 @@ __device__ __forceinline__ void finish_scan(ScanState& st, float (&l_own)[kGroup
 // One warp's scan of cached positions tb, tb + kStride, ... below t_old, 4 at a time, folded
 // into st. The first batch (kr, vr) is already in registers and, on sm_80+, the second in the
 // warp's staging buffer kv_buf. kDeep (the deep-KV kernel build, sm_80+): a third batch in flight.
-template <bool kDeep>
+template <bool kDeep, int kKVDepth>
 __device__ __forceinline__ void scan_cached(ScanState& st, const float* q_s, const bf16_t* kc, const bf16_t* vc,
                                             uint8_t* kv_buf, int tb, int t_old, bool prefetch, uint4 (&kr)[2],
                                             uint2 (&vr)[4]) {
@@ -178,7 +214,20 @@ __device__ __forceinline__ void scan_cached(ScanState& st, const float* q_s, con
   // 16 more registers make the kernel spill in its GEMVs (RESEARCH.md section 13), hence a build of
   // its own for the longest contexts.
   constexpr bool kDeepHere = kDeep && kCpAsync;
-  if constexpr (kDeepHere) {
+  if constexpr (kKVDepth > 1 && kCpAsync) {
+    // kKVDepth batches staged ahead (kv_buf: the warp's kKVDepth buffers). The batch taken at
+    // pass k sits in buffer k % kKVDepth, which then receives the batch kKVDepth passes later.
+    int b = 0;
+    for (; tb < t_old; tb += kStride) {
+      fold_batch(kr, vr, tb);
+      if (tb + kStride < t_old) {
+        uint8_t* buf = kv_buf + b * kKVStageBytes;
+        take_kv_batch_after<kKVDepth - 1>(buf, kr, vr);
+        stage_kv_batch_or_none(buf, kc, vc, tb + (kKVDepth + 1) * kStride, t_old);
+        b = b + 1 == kKVDepth ? 0 : b + 1;
+      }
+    }
+  } else if constexpr (kDeepHere) {
     uint4 kx[2];
     uint2 vx[4];
     if (tb + 2 * kStride < t_old) load_kv_batch(kc, vc, tb + 2 * kStride, t_old, kx, vx);
@@ -220,9 +269,31 @@ __device__ __forceinline__ void attention_chunks(int n, int size, int max_chunks
   nchunks = (n + chunk - 1) / chunk;
 }
 
-template <bool kDeep>
+// Experiment (long builds, sm_90): an L2 bulk prefetch of the first npos cached positions (K and V
+// rows) of this block's split-KV chunk of `layer`, issued by the calling warp's lanes in 32 KB pieces.
+__device__ __forceinline__ void prefetch_chunk_l2(const MkParams& p, int layer, int pos, int npos) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  const AttnGroup grp = attn_group();
+  int chunk, nchunks;
+  attention_chunks(pos + 1, grp.size, p.attn_max_chunks, p.attn_min_chunk, chunk, nchunks);
+  const int c = nchunks == 1 ? 0 : grp.rank;
+  if (c >= nchunks) return;
+  const int t0 = c * chunk, t_end = min(min(pos, t0 + chunk), t0 + npos);
+  if (t_end <= t0) return;
+  constexpr uint32_t kPiece = 32768;
+  const uint32_t bytes = (uint32_t)(t_end - t0) * kHeadDim * 2;
+  const int pieces = (int)((bytes + kPiece - 1) / kPiece);
+  for (int i = threadIdx.x & 31; i < 2 * pieces; i += 32) {
+    const char* base = reinterpret_cast<const char*>((i & 1 ? p.v_cache : p.k_cache) + kv_offset(p, layer, grp.head, t0));
+    const uint32_t off = (uint32_t)(i >> 1) * kPiece;
+    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(base + off), "r"(min(kPiece, bytes - off)) : "memory");
+  }
+#endif
+}
+
+template <bool kDeep, int kKVDepth>
 __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl& ctl, int layer, int pos,
-                                                uint32_t tag_in, uint32_t tag_part, int step) {
+                                                uint32_t tag_in, uint32_t tag_part, int step, uint8_t* kv_extra) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
   const AttnGroup grp = attn_group();
   const int j = grp.head;
@@ -251,10 +322,18 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     constexpr int kStride = kAttnQuantum;  // positions the warps take in one pass
     // The warps' staging buffers fill the front of xs (q/k/v are staged at its end, the warps'
     // partials overwrite the front only after the scan and a consumer_sync).
-    uint8_t* kv_buf = reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
+    // (kKVDepth > 1: the warp's buffers in the shared memory past the ring, kv_extra.)
+    uint8_t* kv_buf = kKVDepth > 1 ? kv_extra + warp * kKVDepth * kKVStageBytes
+                                   : reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
     // a warp has a second batch (block-uniform)
     const bool staged = kCpAsync && t_old - t0 > kStride;
-    if (kCpAsync && tb + kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kStride, t_old);
+    if constexpr (kKVDepth > 1 && kCpAsync) {
+#pragma unroll
+      for (int b = 0; b < kKVDepth; ++b)
+        stage_kv_batch_or_none(kv_buf + b * kKVStageBytes, kc, vc, tb + (b + 1) * kStride, t_old);
+    } else {
+      if (kCpAsync && tb + kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kStride, t_old);
+    }
     const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
     if (prefetch)
 #pragma unroll
@@ -342,8 +421,10 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       for (int g = 0; g < kGroup; ++g)
         *reinterpret_cast<float4*>(q_s + g * kHeadDim + 4 * lane) = make_float4(q[g][0], q[g][1], q[g][2], q[g][3]);
     consumer_sync();
-    if (tb < t_old) scan_cached<kDeep>(st, q_s, kc, vc, kv_buf, tb, t_old, prefetch, kr, vr);
+    if (tb < t_old) scan_cached<kDeep, kKVDepth>(st, q_s, kc, vc, kv_buf, tb, t_old, prefetch, kr, vr);
     sub_stamp(p, ctl, step, kSubAttnScan);
+    if (kKVDepth > 1 && p.kv_l2_pos > 0 && warp == 0 && layer + 1 < kLayers)
+      prefetch_chunk_l2(p, layer + 1, pos, p.kv_l2_pos);
     if (staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
     // merge the warps' partials: warp g merges query head g of the group
 #pragma unroll

@@ -75,11 +75,13 @@ constexpr int kShortCtxPositions = 1536;
 // context 1: 1,695-1,714 / 1,668-1,671; 128: 1,634-1,662 / 1,614; 640: 1,506-1,511 / 1,467. Applied
 // from sm_90 up (launch_slots, megakernel.cu); older GPUs keep the full ring (not measured there).
 constexpr int kShortCtxRingSlots = 8;
-// ... and from this mean position the deep-KV build (a third KV batch in flight in the scan; its
-// extra registers spill in the GEMVs). Measured on the H100 (RESEARCH.md section 13), long / deep
-// tok/s: mean position 16,512: 678.5 / 666.1; 24,704: 522.5 / 554.5; 32,896: 431.8 / 466.8.
+// ... and from this mean position the deep-KV build (more KV batches in flight in the scan: on sm_90
+// code kv_depth_of(2) staged a warp and an 8-slot ring, below; on older code a third batch in registers,
+// which spill in the GEMVs). H100, long / deep tok/s (RESEARCH.md section 17), mean position 8,320:
+// 927 / 917 (deep staging in the long build); 12,416: 787.7 / 800.5; 16,512: 679.6 / 711.1; 24,704:
+// 524.8 / 583.3; 32,896: 431.1 / 489.8. (With the register batch, section 13, the crossover was ~20K.)
 #ifndef MK_DEEP_KV_POSITIONS
-#define MK_DEEP_KV_POSITIONS 18432
+#define MK_DEEP_KV_POSITIONS 10240
 #endif
 constexpr int kDeepKVPositions = MK_DEEP_KV_POSITIONS;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
@@ -92,6 +94,32 @@ constexpr int kAttnQuantum = kConsumerWarps * 4;
 // warps' partials overwrite the front (on sm_75 without a barrier: they must end before q).
 constexpr int kAttnQKVWords = (kGroup + 2) * kHeadDim;
 constexpr int kKVStageBytes = 8 * kHeadDim * 2;
+// KV batches a warp keeps in flight in shared memory during the split-KV scan (cp.async), per kernel
+// build (short, long, deep-KV). 1: one staging buffer at the front of xs (and in the deep build a
+// third batch in registers, which spills in the GEMVs). Above 1 (sm_90 code only): that many buffers
+// a warp in the shared memory past a ring of kConsumerWarps slots, so the launch's ring shrinks from
+// 16 slots to 8 (megakernel.cu, launch_slots). H100, tok/s (RESEARCH.md section 17), 16-slot ring /
+// depth 3 / depth 6: 8K (long build) 926-934 / 927-928 / 937; 32K (deep build) 468 / 484 / 479-480.
+// The scan shortens (8K: 15.7 -> 13.5 / 11.6 us a layer) but the 8-slot ring starves the QKV stage
+// (its slowest block waits ~5 us for weights), so only the deep build, where the scan dominates,
+// takes it.
+#ifndef MK_KV_DEPTH_SHORT
+#define MK_KV_DEPTH_SHORT 1
+#endif
+#ifndef MK_KV_DEPTH_LONG
+#define MK_KV_DEPTH_LONG 1
+#endif
+#ifndef MK_KV_DEPTH_DEEP
+#define MK_KV_DEPTH_DEEP 3
+#endif
+__host__ __device__ constexpr int kv_depth_of(int variant) {
+  return variant == 0 ? MK_KV_DEPTH_SHORT : variant == 1 ? MK_KV_DEPTH_LONG : MK_KV_DEPTH_DEEP;
+}
+static_assert(MK_KV_DEPTH_SHORT >= 1 && MK_KV_DEPTH_LONG >= 1 && MK_KV_DEPTH_DEEP >= 1, "KV depth: 1 or more");
+// ... and those builds bulk-prefetch into L2, after each layer's scan, the first this many cached
+// positions of the block's chunk of the next layer (MK_KV_L2_POS overrides it at engine creation).
+// H100, 32K: 192 positions +1%, 512 -2% (the L2 then loses the weights' prefetch front).
+constexpr int kKVNextL2Positions = 192;
 constexpr int kAttnQOffsetBytes = kConsumerWarps * kKVStageBytes;
 #ifndef MK_ATTN_PREFETCH
 #define MK_ATTN_PREFETCH 4

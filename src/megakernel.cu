@@ -92,7 +92,7 @@ __device__ __forceinline__ bool load_residual_attn(const MkParams& p, BlockContr
   return true;
 }
 
-template <bool kDeepKV, bool kFine>
+template <bool kDeepKV, bool kFine, int kKVDepth>
 __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& ctl, uint8_t* slots) {
   Ring ring{&ctl, slots, p.nslots, 0};
   const int lane = threadIdx.x & 31;
@@ -147,7 +147,8 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       }
       {  // attention of this block's KV-head group (attention.cuh), into ctl.attn_o
         stamp(p, step, 5 * L + 1, 0);
-        if (!attention_stage<kDeepKV>(p, ctl, L, pos, stage_tag(p, step, L, kTagQKV), stage_tag(p, step, L, kTagAttnPart), step))
+        if (!attention_stage<kDeepKV, kKVDepth>(p, ctl, L, pos, stage_tag(p, step, L, kTagQKV), stage_tag(p, step, L, kTagAttnPart), step,
+                                                  slots + (size_t)p.nslots * kSlotBytes))
           goto done;
         stamp(p, step, 5 * L + 1, 1);
         sub_stamp(p, ctl, step, kSubAttnChunkMerge);
@@ -255,9 +256,9 @@ constexpr int kMaxRegs = (16384 / (kWarpsPerSubPartition * 32)) / 8 * 8 > 248 ? 
 #endif
 // Three builds of the same kernel: the short-context one (a prefetch warp keeps the L2 ahead of
 // the weight copies, prefetch.cuh), the long-context one (lane 0 of the fill warp prefetches with
-// bulk prefetches; its prefetch warp leaves at once) and the deep-KV one (the long one with a
-// third KV batch in flight in the attention scan, attention.cuh). mk_run picks by the launch's
-// mean position.
+// bulk prefetches; its prefetch warp leaves at once) and the deep-KV one (the long one with more
+// KV batches in flight in the attention scan: config.cuh, kv_depth_of; attention.cuh). mk_run picks
+// by the launch's mean position.
 enum MkVariant { kShortCtx = 0, kLongCtx = 1, kDeepKVCtx = 2 };
 template <int kVariant>
 __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkParams p) {
@@ -278,7 +279,7 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
     return;
   }
   if (warp >= kConsumerWarps) producer_main<kVariant != kShortCtx, kFine>(p, ctl, ring_slots);
-  else consumer_main<kVariant == kDeepKVCtx, kFine>(p, ctl, ring_slots);
+  else consumer_main<kVariant == kDeepKVCtx, kFine, kFineSlotsArch ? kv_depth_of(kVariant) : 1>(p, ctl, ring_slots);
 }
 
 // =============================================================================================
@@ -338,6 +339,7 @@ static int launch_variant(int pos0, int n_steps) {
 // Ring slots a launch of build `variant` uses: the short-context build takes kShortCtxRingSlots on
 // sm_90+ (config.cuh), the others every slot the engine sized.
 static int launch_slots(const MkEngine* e, int variant) {
+  if (e->fine_slots && kv_depth_of(variant) > 1) return kConsumerWarps;  // the KV staging takes the rest
   return variant == kShortCtx && e->cc >= 90 ? std::min(e->nslots, kShortCtxRingSlots) : e->nslots;
 }
 
@@ -450,6 +452,12 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
     return -1;
   }
   e->smem = (size_t)e->nslots * kSlotBytes;
+  for (int v = 0; v < 3 && e->fine_slots; ++v)
+    if (kv_depth_of(v) > 1 && (size_t)kConsumerWarps * kSlotBytes + (size_t)kv_depth_of(v) * kConsumerWarps * kKVStageBytes > e->smem) {
+      e->err = "KV staging depth " + std::to_string(kv_depth_of(v)) + " does not fit in " + std::to_string(e->smem) +
+               " B of shared memory; build with a smaller MK_KV_DEPTH_*";
+      return -1;
+    }
   for (const void* k : kKernels)
     MK_TRY(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)e->smem));
   e->threads = kBlockThreads;
@@ -543,6 +551,9 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.attn_min_chunk = kAttnQuantum;
   if (const char* env = getenv("MK_ATTN_MIN_CHUNK")) p.attn_min_chunk = std::max(4, atoi(env) / 4 * 4);  // tuning knob
   p.nslots = e->nslots;
+  // The deep-staged builds' L2 prefetch of the next layer's chunk (attention.cuh, prefetch_chunk_l2).
+  p.kv_l2_pos = kKVNextL2Positions;
+  if (const char* env = getenv("MK_KV_L2_POS")) p.kv_l2_pos = std::max(0, atoi(env));  // tuning knob
   // L2 prefetch distance: 1/4 of the L2 shared by all blocks, in slots per block (H100: 8 slots;
   // 4-12 measured alike, 24 slower, 36 much slower: RESEARCH.md). The short build's launches on
   // sm_90 code double it (launch_prefetch_slots).

@@ -78,6 +78,8 @@ struct MkParams {
   unsigned long long timeout_ns;  // bound on every spin-wait
   int fault_block;              // fault injection: this block never writes its QKV rows
   int fault_layer;              // ... of this layer (-1: off), so the launch must time out
+  int kv_l2_pos;                // builds with deep KV staging: positions of the next layer's chunk
+                                //   bulk-prefetched into L2 after the scan (attention.cuh)
 };
 
 // MK_EXP timing builds: dbg_times holds (grid, kTimedStages, kStampWords) words of step
