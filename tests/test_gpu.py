@@ -189,7 +189,7 @@ def test_every_kernel_build_matches_reference(flat, build, monkeypatch):
     # launches pick a build by mean position (launch_variant), so a long launch from position 0
     # runs the deep build over short positions too; MK_KERNEL forces one. Each build, from
     # position 0 (one batch a warp) and after a 2,500-token prefill (split-KV chunks of ~160
-    # positions, 5 batches a warp), meets the reference.
+    # positions, 5 batches a warp: the deep build's 3 staging buffers wrap around), meets the reference.
     monkeypatch.setenv("MK_KERNEL", build)
     from megakernel.validate import validate_after_prefill
     seed = int.from_bytes(os.urandom(2), "little")
