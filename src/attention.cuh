@@ -7,8 +7,9 @@
 // chunk c. Each chunk: q of the group's query heads (per-head RMSNorm + RoPE, every warp
 // redundantly); the member holding the current position first appends this step's k (normed,
 // roped) and v to the cache; the consumer warps scan the chunk's positions (4 at a time per
-// warp, a position per 8 lanes; on sm_80+ the next 4 are copied into shared memory meanwhile, and
-// in the deep-KV build the 4 after those into registers) with an online softmax and merge their
+// warp, a position per 8 lanes; on sm_80+ the next 4 are copied into shared memory meanwhile; the
+// deep-KV build on sm_90 keeps kv_depth_of(2) batches of 4 staged ahead, and elsewhere the 4 after
+// the staged ones in registers) with an online softmax and merge their
 // partials in shared memory. With one chunk (short contexts) every member scans it
 // itself and no block waits for another; with several, each member publishes its partial (m, l,
 // o) as tagged words and every member of the group merges all of them by log-sum-exp. The
@@ -60,9 +61,9 @@ constexpr bool kCpAsync = true;
 constexpr bool kCpAsync = false;
 #endif
 // A batch in flight without registers (sm_80+): K and V rows tb..tb+3 (clamped below t_end)
-// copied into the warp's 2 KB staging buffer with cp.async (K rows 0-3, then V rows 0-3).
-__device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
-                                               int t_end) {
+// copied into the warp's 2 KB staging buffer with cp.async (K rows 0-3, then V rows 0-3), not yet
+// committed.
+__device__ __forceinline__ void issue_kv_copies(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb, int t_end) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   const int lane = threadIdx.x & 31;
 #pragma unroll
@@ -73,14 +74,33 @@ __device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, c
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
                  :: "r"((uint32_t)__cvta_generic_to_shared(buf + piece * 16)), "l"(src) : "memory");
   }
+#endif
+}
+__device__ __forceinline__ void commit_kv_copies() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   asm volatile("cp.async.commit_group;" ::: "memory");
 #endif
 }
-// Waits for this warp's staged batch and moves it into registers (the layout load_kv_batch gives).
+// One staged batch (a cp.async group of its own).
+__device__ __forceinline__ void stage_kv_batch(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
+                                               int t_end) {
+  issue_kv_copies(buf, kc, vc, tb, t_end);
+  commit_kv_copies();
+}
+// The deep staging (kKVDepth > 1): every call commits a group, empty when tb >= t_end, so that a
+// warp's count of pending groups stays in step with its staged batches.
+__device__ __forceinline__ void stage_kv_batch_or_none(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
+                                                       int t_end) {
+  if (tb < t_end) issue_kv_copies(buf, kc, vc, tb, t_end);
+  commit_kv_copies();
+}
+// Waits until at most kPending of this warp's cp.async groups are in flight (so the batch staged in
+// buf has landed) and moves that batch into registers (the layout load_kv_batch gives).
+template <int kPending>
 __device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint4 (&kq)[2], uint2 (&vr)[4]) {
   const int lane = threadIdx.x & 31, s = lane % 8;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group 0;" ::: "memory");
+  asm volatile("cp.async.wait_group %0;" :: "n"(kPending) : "memory");
 #endif
   __syncwarp();  // every lane's copies have landed
   const uint4* krow = reinterpret_cast<const uint4*>(buf + (lane / 8) * kHeadDim * 2);
@@ -89,42 +109,6 @@ __device__ __forceinline__ void take_kv_batch(const uint8_t* buf, uint4 (&kq)[2]
 #pragma unroll
   for (int u = 0; u < 4; ++u) vr[u] = reinterpret_cast<const uint2*>(buf + (4 + u) * kHeadDim * 2)[lane];
   __syncwarp();  // every lane has read before the buffer is refilled
-}
-
-// The deep staging (kKVDepth > 1): every call commits a cp.async group, empty when tb >= t_end, so
-// that a warp's count of pending groups stays in step with its staged batches.
-__device__ __forceinline__ void stage_kv_batch_or_none(uint8_t* buf, const bf16_t* kc, const bf16_t* vc, int tb,
-                                                       int t_end) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  const int lane = threadIdx.x & 31;
-  if (tb < t_end) {
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int piece = lane + 32 * r;
-      const int row = piece / 16, t = min(tb + row % 4, t_end - 1);
-      const bf16_t* src = (row < 4 ? kc : vc) + (size_t)t * kHeadDim + (piece % 16) * 8;
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
-                   :: "r"((uint32_t)__cvta_generic_to_shared(buf + piece * 16)), "l"(src) : "memory");
-    }
-  }
-  asm volatile("cp.async.commit_group;" ::: "memory");
-#endif
-}
-// Waits until at most kPending of this warp's groups are in flight (its oldest staged batch has
-// landed) and moves that batch from buf into registers.
-template <int kPending>
-__device__ __forceinline__ void take_kv_batch_after(const uint8_t* buf, uint4 (&kq)[2], uint2 (&vr)[4]) {
-  const int lane = threadIdx.x & 31, s = lane % 8;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-  asm volatile("cp.async.wait_group %0;" :: "n"(kPending) : "memory");
-#endif
-  __syncwarp();
-  const uint4* krow = reinterpret_cast<const uint4*>(buf + (lane / 8) * kHeadDim * 2);
-  kq[0] = krow[s];
-  kq[1] = krow[8 + s];
-#pragma unroll
-  for (int u = 0; u < 4; ++u) vr[u] = reinterpret_cast<const uint2*>(buf + (4 + u) * kHeadDim * 2)[lane];
-  __syncwarp();
 }
 
 // q . k over this lane's 16 dims, q's head in shared memory (128 floats).
@@ -222,7 +206,7 @@ __device__ __forceinline__ void scan_cached(ScanState& st, const float* q_s, con
       fold_batch(kr, vr, tb);
       if (tb + kStride < t_old) {
         uint8_t* buf = kv_buf + b * kKVStageBytes;
-        take_kv_batch_after<kKVDepth - 1>(buf, kr, vr);
+        take_kv_batch<kKVDepth - 1>(buf, kr, vr);
         stage_kv_batch_or_none(buf, kc, vc, tb + (kKVDepth + 1) * kStride, t_old);
         b = b + 1 == kKVDepth ? 0 : b + 1;
       }
@@ -235,7 +219,7 @@ __device__ __forceinline__ void scan_cached(ScanState& st, const float* q_s, con
       fold_batch(kr, vr, tb);
       if (tb + kStride >= t_old) break;
       if (even) {
-        take_kv_batch(kv_buf, kr, vr);
+        take_kv_batch<0>(kv_buf, kr, vr);
         if (tb + 3 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 3 * kStride, t_old);
       } else {
 #pragma unroll
@@ -250,7 +234,7 @@ __device__ __forceinline__ void scan_cached(ScanState& st, const float* q_s, con
       fold_batch(kr, vr, tb);
       if (tb + kStride < t_old) {
         if constexpr (kCpAsync) {
-          take_kv_batch(kv_buf, kr, vr);
+          take_kv_batch<0>(kv_buf, kr, vr);
           if (tb + 2 * kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + 2 * kStride, t_old);
         } else {
           load_kv_batch(kc, vc, tb + kStride, t_old, kr, vr);
@@ -269,8 +253,9 @@ __device__ __forceinline__ void attention_chunks(int n, int size, int max_chunks
   nchunks = (n + chunk - 1) / chunk;
 }
 
-// Experiment (long builds, sm_90): an L2 bulk prefetch of the first npos cached positions (K and V
-// rows) of this block's split-KV chunk of `layer`, issued by the calling warp's lanes in 32 KB pieces.
+// Builds with deep KV staging (sm_90): an L2 bulk prefetch of the first npos cached positions (K and
+// V rows) of this block's split-KV chunk of `layer`, issued by the calling warp's lanes in 32 KB
+// pieces. Called after a layer's scan for the next layer (config.cuh, kKVNextL2Positions).
 __device__ __forceinline__ void prefetch_chunk_l2(const MkParams& p, int layer, int pos, int npos) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   const AttnGroup grp = attn_group();
