@@ -253,23 +253,16 @@ __device__ __forceinline__ void attention_chunks(int n, int size, int max_chunks
   nchunks = (n + chunk - 1) / chunk;
 }
 
-// Builds with deep KV staging (sm_90): an L2 bulk prefetch of the first npos cached positions (K and
-// V rows) of this block's split-KV chunk of `layer`, issued by the calling warp's lanes in 32 KB
-// pieces. Called after a layer's scan for the next layer (config.cuh, kKVNextL2Positions).
-__device__ __forceinline__ void prefetch_chunk_l2(const MkParams& p, int layer, int pos, int npos) {
+// Builds with deep KV staging (sm_90): an L2 bulk prefetch of cached positions t0..t_end-1 (K and V
+// rows) of KV head `head` of `layer`, issued by the calling warp's lanes in 32 KB pieces. Called after
+// a layer's scan for the same chunk of the next layer (config.cuh, kKVNextL2Positions).
+__device__ __forceinline__ void prefetch_kv_l2(const MkParams& p, int layer, int head, int t0, int t_end) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  const AttnGroup grp = attn_group();
-  int chunk, nchunks;
-  attention_chunks(pos + 1, grp.size, p.attn_max_chunks, p.attn_min_chunk, chunk, nchunks);
-  const int c = nchunks == 1 ? 0 : grp.rank;
-  if (c >= nchunks) return;
-  const int t0 = c * chunk, t_end = min(min(pos, t0 + chunk), t0 + npos);
-  if (t_end <= t0) return;
   constexpr uint32_t kPiece = 32768;
   const uint32_t bytes = (uint32_t)(t_end - t0) * kHeadDim * 2;
   const int pieces = (int)((bytes + kPiece - 1) / kPiece);
   for (int i = threadIdx.x & 31; i < 2 * pieces; i += 32) {
-    const char* base = reinterpret_cast<const char*>((i & 1 ? p.v_cache : p.k_cache) + kv_offset(p, layer, grp.head, t0));
+    const char* base = reinterpret_cast<const char*>((i & 1 ? p.v_cache : p.k_cache) + kv_offset(p, layer, head, t0));
     const uint32_t off = (uint32_t)(i >> 1) * kPiece;
     asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" :: "l"(base + off), "r"(min(kPiece, bytes - off)) : "memory");
   }
@@ -310,7 +303,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     // (kKVDepth > 1: the warp's buffers in the shared memory past the ring, kv_extra.)
     uint8_t* kv_buf = kKVDepth > 1 ? kv_extra + warp * kKVDepth * kKVStageBytes
                                    : reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
-    // a warp has a second batch (block-uniform)
+    // a warp has a second batch in xs (block-uniform)
     const bool staged = kCpAsync && t_old - t0 > kStride;
     if constexpr (kKVDepth > 1 && kCpAsync) {
 #pragma unroll
@@ -408,9 +401,10 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     consumer_sync();
     if (tb < t_old) scan_cached<kDeep, kKVDepth>(st, q_s, kc, vc, kv_buf, tb, t_old, prefetch, kr, vr);
     sub_stamp(p, ctl, step, kSubAttnScan);
-    if (kKVDepth > 1 && p.kv_l2_pos > 0 && warp == 0 && layer + 1 < kLayers)
-      prefetch_chunk_l2(p, layer + 1, pos, p.kv_l2_pos);
-    if (staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
+    // (The chunking depends on the position only: this chunk of the next layer is this member's too.)
+    if (kKVDepth > 1 && warp == 0 && layer + 1 < kLayers && t0 < min(t_old, t0 + p.kv_l2_pos))
+      prefetch_kv_l2(p, layer + 1, j, t0, min(t_old, t0 + p.kv_l2_pos));
+    if (kKVDepth == 1 && staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
     // merge the warps' partials: warp g merges query head g of the group
 #pragma unroll
     for (int g = 0; g < kGroup; ++g) {

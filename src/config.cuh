@@ -117,7 +117,7 @@ __host__ __device__ constexpr int kv_depth_of(int variant) {
 }
 static_assert(MK_KV_DEPTH_SHORT >= 1 && MK_KV_DEPTH_LONG >= 1 && MK_KV_DEPTH_DEEP >= 1, "KV depth: 1 or more");
 // ... and those builds bulk-prefetch into L2, after each layer's scan, the first this many cached
-// positions of the block's chunk of the next layer (MK_KV_L2_POS overrides it at engine creation).
+// positions of the block's chunk of the next layer (attention.cuh, prefetch_kv_l2) (MK_KV_L2_POS overrides it at engine creation).
 // H100, 32K: 192 positions +1%, 512 -2% (the L2 then loses the weights' prefetch front).
 constexpr int kKVNextL2Positions = 192;
 constexpr int kAttnQOffsetBytes = kConsumerWarps * kKVStageBytes;

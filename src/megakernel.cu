@@ -291,7 +291,7 @@ __global__ void MK_KERNEL_BOUNDS qwen3_megakernel(const __grid_constant__ MkPara
 struct MkEngine {
   int device = 0, sms = 0, cc = 0;
   int grid = 0, threads = 0, nslots = 0;
-  bool fine_slots = false;  // the short build's fine slots (config.cuh, SlotRows): sm_90+ code
+  bool fine_slots = false;  // kernels are sm_90+ code: the short build's fine slots (config.cuh, SlotRows), deep KV staging
   bool prefetch_slots_set = false;  // MK_PREFETCH_SLOTS gave the prefetch distance
   size_t smem = 0;
   int max_ctx = 0, attn_max_chunks = 0;
@@ -336,8 +336,9 @@ static int launch_variant(int pos0, int n_steps) {
   return mean < kShortCtxPositions ? kShortCtx : mean < kDeepKVPositions ? kLongCtx : kDeepKVCtx;
 }
 
-// Ring slots a launch of build `variant` uses: the short-context build takes kShortCtxRingSlots on
-// sm_90+ (config.cuh), the others every slot the engine sized.
+// Ring slots a launch of build `variant` uses: on sm_90 code a build with deep KV staging
+// (config.cuh, kv_depth_of) takes kConsumerWarps, its staging the shared memory past them; the
+// short-context build takes kShortCtxRingSlots on sm_90+; the others every slot the engine sized.
 static int launch_slots(const MkEngine* e, int variant) {
   if (e->fine_slots && kv_depth_of(variant) > 1) return kConsumerWarps;  // the KV staging takes the rest
   return variant == kShortCtx && e->cc >= 90 ? std::min(e->nslots, kShortCtxRingSlots) : e->nslots;
@@ -551,7 +552,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.attn_min_chunk = kAttnQuantum;
   if (const char* env = getenv("MK_ATTN_MIN_CHUNK")) p.attn_min_chunk = std::max(4, atoi(env) / 4 * 4);  // tuning knob
   p.nslots = e->nslots;
-  // The deep-staged builds' L2 prefetch of the next layer's chunk (attention.cuh, prefetch_chunk_l2).
+  // The deep-staged builds' L2 prefetch of the next layer's chunk (attention.cuh, prefetch_kv_l2).
   p.kv_l2_pos = kKVNextL2Positions;
   if (const char* env = getenv("MK_KV_L2_POS")) p.kv_l2_pos = std::max(0, atoi(env));  // tuning knob
   // L2 prefetch distance: 1/4 of the L2 shared by all blocks, in slots per block (H100: 8 slots;
