@@ -7,7 +7,7 @@
 # Each variant is "name:VAR=value,VAR=value" and runs the working tree's build with those
 # environment variables; "base" and "new" (no variables) always run. BUILDS="name:-DX=1,-DY=2 ..."
 # adds builds of the working tree with those compiler flags (compile-time knobs, config.cuh), run
-# in the same rounds. EXP=4 adds the per-stage breakdown (MK_EXP=4 builds) of base and new at
+# in the same rounds; DIRS="name:dir ..." builds of the src/ in each dir (untracked copies). EXP=4 adds the per-stage breakdown (MK_EXP=4 builds) of base and new at
 # the first context; EXP=260 EXTRA=-DMK_STAMP_STEP=200 EXP_STEPS=256 the sub-stage clocks of
 # step 200 (RESEARCH.md section 12).
 set -uo pipefail
@@ -35,6 +35,9 @@ for v in ${BUILDS:-}; do
   IFS=, read -ra flags <<< "${v#*:}"
   $NV -Isrc "${flags[@]}" -o "build/ab_b_${v%%:*}" src/megakernel.cu &
 done
+for v in ${DIRS:-}; do  # "name:dir": the src/ in dir (same flat format as the working tree)
+  $NV -I"${v#*:}/src" -o "build/ab_d_${v%%:*}" "${v#*:}/src/megakernel.cu" &
+done
 if [ -n "${EXP:-}" ]; then
   $NV -I"$WORK/base/src" -DMK_EXP=$EXP ${EXTRA:-} -o build/ab_base_exp "$WORK/base/src/megakernel.cu" &
   $NV -Isrc -DMK_EXP=$EXP ${EXTRA:-} -o build/ab_new_exp src/megakernel.cu &
@@ -55,6 +58,7 @@ for round in $(seq ${ROUNDS:-2}); do
       run "${v%%:*}" build/ab_new "$ctx" "${envs[@]}"
     done
     for v in ${BUILDS:-}; do run "${v%%:*}" "build/ab_b_${v%%:*}" "$ctx"; done
+    for v in ${DIRS:-}; do run "${v%%:*}" "build/ab_d_${v%%:*}" "$ctx"; done
   done
 done
 if [ -n "${EXP:-}" ]; then

@@ -13,6 +13,9 @@ struct LayerWeights {
   const bf16_t* post_norm;   // (hidden)
   const bf16_t* wgu;         // (2 inter, hidden)  rows: gate0, up0, gate1, up1, ...
   const bf16_t* wdown;       // (hidden, inter)
+  const bf16_t* wo_panels;   // (kv_heads, hidden, group_dim): wo regrouped by KV-head group, each group's
+                             //   column panel contiguous (the engine's copy); null: the kernel streams wo's
+                             //   panels a row at a time (MK_WO_PANELS=0, megakernel.cu)
 };
 
 struct MkParams {

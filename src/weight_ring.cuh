@@ -36,7 +36,8 @@ __device__ __forceinline__ void split_units(int units, int& u0, int& u1) {
 
 // Blocks form kKVHeads groups: block b serves KV head b % kKVHeads as member b / kKVHeads of
 // its group. A group computes its head's attention (split over its members) and multiplies it
-// by the matching column panel of Wo (rows split over its members).
+// by the matching column panel of Wo (rows split over its members; from the engine's regrouped
+// copy, where each panel is contiguous, when it has one: params.cuh, LayerWeights::wo_panels).
 struct AttnGroup {
   int head, rank, size;
 };
@@ -70,6 +71,7 @@ __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
     case 1: {
       const AttnGroup g = attn_group();
       wo_rows(g, u0, u1);
+      if (w.wo_panels) return {w.wo_panels + (size_t)g.head * kHidden * kGroupDim, u0, u1 - u0, kGroupDim, R::kO};
       return {w.wo, u0, u1 - u0, kGroupDim, R::kO, kQDim, g.head * kGroupDim};
     }
     case 2: split_units(kInter, u0, u1); return {w.wgu, 2 * u0, 2 * (u1 - u0), kHidden, R::kGateUp};  // pairs
