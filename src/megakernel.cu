@@ -602,6 +602,7 @@ MkEngine* mk_create(const char* path, int max_ctx, int verify_crc, int grid_over
   if (engine_init(e, path, max_ctx, verify_crc, grid_override) != 0) {
     snprintf(err, errlen, "%s", e->err.c_str());
     if (e->weights) cudaFree(e->weights);
+    if (e->wo_panels) cudaFree(e->wo_panels);
     if (e->scratch) cudaFree(e->scratch);
     if (e->d_tokens) cudaFree(e->d_tokens);
     if (e->ev0) cudaEventDestroy(e->ev0);
