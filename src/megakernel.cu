@@ -498,7 +498,8 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   // a group's members, at most (attention.cuh chunks the positions over them)
   e->attn_max_chunks = std::min((e->grid + kKVHeads - 1) / kKVHeads, kMaxAttnChunks);
   // Memory: weights + scratch must fit in what is free now.
-  e->weight_bytes = e->info.header.payload_bytes + (wo_panels_wanted() ? kWoPanelBytes : 0);
+  const bool wo_panels = wo_panels_wanted();
+  e->weight_bytes = e->info.header.payload_bytes + (wo_panels ? kWoPanelBytes : 0);
   e->scratch_bytes = layout_scratch(e, nullptr);
   size_t free_b = 0, total_b = 0;
   MK_TRY(cudaMemGetInfo(&free_b, &total_b));
@@ -512,7 +513,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
     return -1;
   }
   MK_TRY(cudaMalloc(&e->weights, e->info.header.payload_bytes));
-  if (wo_panels_wanted()) MK_TRY(cudaMalloc(&e->wo_panels, kWoPanelBytes));
+  if (wo_panels) MK_TRY(cudaMalloc(&e->wo_panels, kWoPanelBytes));
   MK_TRY(cudaMalloc(&e->scratch, e->scratch_bytes));
   MK_TRY(cudaMemset(e->scratch, 0, e->scratch_bytes));
   layout_scratch(e, (char*)e->scratch);
@@ -595,34 +596,29 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   return 0;
 }
 
-// Loads the flat file onto the current GPU and sizes the KV cache for max_ctx positions.
-// grid_override > 0 asks for that many blocks (tests); returns null with err filled on failure.
-MkEngine* mk_create(const char* path, int max_ctx, int verify_crc, int grid_override, char* err, int errlen) {
-  MkEngine* e = new MkEngine();
-  if (engine_init(e, path, max_ctx, verify_crc, grid_override) != 0) {
-    snprintf(err, errlen, "%s", e->err.c_str());
-    if (e->weights) cudaFree(e->weights);
-    if (e->wo_panels) cudaFree(e->wo_panels);
-    if (e->scratch) cudaFree(e->scratch);
-    if (e->d_tokens) cudaFree(e->d_tokens);
-    if (e->ev0) cudaEventDestroy(e->ev0);
-    if (e->ev1) cudaEventDestroy(e->ev1);
-    cudaGetLastError();  // a failed allocation must not poison the next call
-    delete e;
-    return nullptr;
-  }
-  return e;
-}
-
+// Also frees a partly created engine (mk_create's failure path): cudaFree(nullptr) is a no-op.
 void mk_destroy(MkEngine* e) {
   if (!e) return;
   cudaFree(e->weights);
   cudaFree(e->wo_panels);
   cudaFree(e->scratch);
   cudaFree(e->d_tokens);
-  cudaEventDestroy(e->ev0);
-  cudaEventDestroy(e->ev1);
+  if (e->ev0) cudaEventDestroy(e->ev0);
+  if (e->ev1) cudaEventDestroy(e->ev1);
   delete e;
+}
+
+// Loads the flat file onto the current GPU and sizes the KV cache for max_ctx positions.
+// grid_override > 0 asks for that many blocks (tests); returns null with err filled on failure.
+MkEngine* mk_create(const char* path, int max_ctx, int verify_crc, int grid_override, char* err, int errlen) {
+  MkEngine* e = new MkEngine();
+  if (engine_init(e, path, max_ctx, verify_crc, grid_override) != 0) {
+    snprintf(err, errlen, "%s", e->err.c_str());
+    mk_destroy(e);       // what was allocated before the failure
+    cudaGetLastError();  // a failed allocation must not poison the next call
+    return nullptr;
+  }
+  return e;
 }
 
 // out: grid, threads, ring slots (the long builds'; launch_slots gives a launch's), dynamic smem
@@ -763,10 +759,10 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
 }
 
 // Device buffers for host-side work on the same memory (host/prefill.py writes the KV cache
-// in bulk): out = weights, weight bytes, K cache, V cache (both (layers, kv_heads, max_ctx,
+// in bulk): out = weights (the file's payload), its bytes, K cache, V cache (both (layers, kv_heads, max_ctx,
 // head_dim) bf16), max_ctx, device ordinal.
 void mk_device_buffers(MkEngine* e, unsigned long long* out) {
-  const unsigned long long v[6] = {(unsigned long long)e->weights, e->weight_bytes, (unsigned long long)e->p.k_cache,
+  const unsigned long long v[6] = {(unsigned long long)e->weights, e->info.header.payload_bytes, (unsigned long long)e->p.k_cache,
                                    (unsigned long long)e->p.v_cache, (unsigned long long)e->max_ctx,
                                    (unsigned long long)e->device};
   memcpy(out, v, sizeof v);
