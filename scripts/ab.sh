@@ -5,7 +5,7 @@
 # alternating rounds:
 #   BASE=HEAD CTXS="1 1024" STEPS=512 ROUNDS=2 VARIANTS="inflight4:MK_INFLIGHT=4 pf0:MK_PREFETCH_SLOTS=0" scripts/ab.sh
 # Each variant is "name:VAR=value,VAR=value" and runs the working tree's build with those
-# environment variables; "base" and "new" (no variables) always run. BUILDS="name:-DX=1,-DY=2 ..."
+# environment variables ("name@b:..." runs the BUILDS build b with them); "base" and "new" (no variables) always run. BUILDS="name:-DX=1,-DY=2 ..."
 # adds builds of the working tree with those compiler flags (compile-time knobs, config.cuh), run
 # in the same rounds; DIRS="name:dir ..." builds of the src/ in each dir (untracked copies). EXP=4 adds the per-stage breakdown (MK_EXP=4 builds) of base and new at
 # the first context; EXP=260 EXTRA=-DMK_STAMP_STEP=200 EXP_STEPS=256 the sub-stage clocks of
@@ -53,9 +53,11 @@ for round in $(seq ${ROUNDS:-2}); do
   for ctx in ${CTXS:-1 1024}; do
     run base build/ab_base "$ctx"
     run new build/ab_new "$ctx"
-    for v in ${VARIANTS:-}; do
+    for v in ${VARIANTS:-}; do  # "name:ENV=v,..." (the working tree's build) or "name@build:..." (a BUILDS one)
       IFS=, read -ra envs <<< "${v#*:}"
-      run "${v%%:*}" build/ab_new "$ctx" "${envs[@]}"
+      name=${v%%:*}; bin=build/ab_new
+      [[ $name == *@* ]] && bin=build/ab_b_${name#*@}
+      run "$name" "$bin" "$ctx" "${envs[@]}"
     done
     for v in ${BUILDS:-}; do run "${v%%:*}" "build/ab_b_${v%%:*}" "$ctx"; done
     for v in ${DIRS:-}; do run "${v%%:*}" "build/ab_d_${v%%:*}" "$ctx"; done
