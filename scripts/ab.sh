@@ -5,11 +5,12 @@
 # alternating rounds:
 #   BASE=HEAD CTXS="1 1024" STEPS=512 ROUNDS=2 VARIANTS="inflight4:MK_INFLIGHT=4 pf0:MK_PREFETCH_SLOTS=0" scripts/ab.sh
 # Each variant is "name:VAR=value,VAR=value" and runs the working tree's build with those
-# environment variables ("name@b:..." runs the BUILDS build b with them); "base" and "new" (no variables) always run. BUILDS="name:-DX=1,-DY=2 ..."
-# adds builds of the working tree with those compiler flags (compile-time knobs, config.cuh), run
-# in the same rounds; DIRS="name:dir ..." builds of the src/ in each dir (untracked copies). EXP=4 adds the per-stage breakdown (MK_EXP=4 builds) of base and new at
-# the first context; EXP=260 EXTRA=-DMK_STAMP_STEP=200 EXP_STEPS=256 the sub-stage clocks of
-# step 200 (RESEARCH.md section 12).
+# environment variables ("name@b:..." runs the BUILDS build b with them); "base" and "new" (no
+# variables) always run. BUILDS="name:-DX=1,-DY=2 ..." adds builds of the working tree with those
+# compiler flags (compile-time knobs, config.cuh), run in the same rounds; DIRS="name:dir ..."
+# builds of the src/ in each dir (untracked copies). EXP=4 adds the per-stage breakdown (MK_EXP=4
+# builds) of base and new at the first context; EXP=260 EXTRA=-DMK_STAMP_STEP=200 EXP_STEPS=256
+# the sub-stage clocks of step 200 (RESEARCH.md section 12).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-/tmp/mk_work}; mkdir -p "$WORK/path" build

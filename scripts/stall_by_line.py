@@ -6,38 +6,22 @@ scripts/sass_profile.sh leave: the source page as CSV and nvdisasm's output with
 import collections
 import csv
 import gzip
-import re
 import sys
 
-
-def sass_lines(path, kernel):
-    """(address, instruction, innermost (file, line), inlined-at chain) of one kernel, in order."""
-    parts = re.split(r'\n\s*\.text\.(\S+):', gzip.open(path, 'rt').read())
-    body = next(parts[i + 1] for i in range(1, len(parts), 2) if kernel in parts[i])
-    out, cur, chain = [], None, []
-    for line in body.split('\n'):
-        m = re.search(r'//## File "([^"]+)", line (\d+)(.*)', line)
-        if m:
-            cur = (m.group(1).split('/')[-1], int(m.group(2)))
-            chain = [(f.split('/')[-1], int(n)) for f, n in re.findall(r'inlined at "([^"]+)", line (\d+)', m.group(3))]
-            continue
-        m = re.match(r'\s*/\*([0-9a-f]{4,})\*/\s+(.*?);', line)
-        if m:
-            out.append((int(m.group(1), 16), m.group(2).strip(), cur, chain))
-    return out
+from sass_agg import functions, instructions
 
 
 def main():
     kernel = sys.argv[3] if len(sys.argv) > 3 else 'ILi0E'
     rows = list(csv.reader(gzip.open(sys.argv[1], 'rt')))
     hdr, data = rows[1], rows[2:]
-    ins = sass_lines(sys.argv[2], kernel)
+    ins = next(instructions(body) for name, body in functions(sys.argv[2]) if kernel in name)
     if len(ins) != len(data):
         sys.exit(f"{len(data)} profiled instructions but {len(ins)} disassembled: not the same build")
     col = {h: i for i, h in enumerate(hdr)}
     reasons = [h for h in hdr if h.startswith('stall_') and 'Not Issued' not in h]
     total, by_line = collections.Counter(), collections.defaultdict(collections.Counter)
-    for r, (_, _, cur, chain) in zip(data, ins):
+    for r, (_, _, cur, chain, _) in zip(data, ins):
         site = chain[-1] if chain else cur
         for rs in reasons:
             v = int(r[col[rs]] or 0)

@@ -22,4 +22,3 @@ ncu -i /tmp/prof.ncu-rep --page details --print-details all > $O/details.txt 2>&
 ncu -i /tmp/prof.ncu-rep --page source --csv --print-source sass > /tmp/src.csv 2>&1
 gzip -c /tmp/src.csv > $O/sass_samples.csv.gz
 grep -i -E "stall|icc" $O/details.txt | head -60
-head -c 3000 /tmp/src.csv
