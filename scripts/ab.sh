@@ -32,9 +32,10 @@ PYTHONPATH="$WORK/path" scripts/rand_flat.sh >/dev/null &
 NV="nvcc -O3 -std=c++17 -arch=sm_90 -DMK_STANDALONE"
 $NV -I"$WORK/base/src" -o build/ab_base "$WORK/base/src/megakernel.cu" &
 $NV -Isrc -o build/ab_new src/megakernel.cu &
-for v in ${BUILDS:-}; do
+for v in ${BUILDS:-}; do  # a -arch=... among the flags replaces sm_90 (a PTX-only build: -arch=compute_80)
   IFS=, read -ra flags <<< "${v#*:}"
-  $NV -Isrc "${flags[@]}" -o "build/ab_b_${v%%:*}" src/megakernel.cu &
+  nv=$NV; [[ " ${flags[*]}" == *" -arch="* ]] && nv=${NV/-arch=sm_90/}
+  $nv -Isrc "${flags[@]}" -o "build/ab_b_${v%%:*}" src/megakernel.cu &
 done
 for v in ${DIRS:-}; do  # "name:dir": the src/ in dir (same flat format as the working tree)
   $NV -I"${v#*:}/src" -o "build/ab_d_${v%%:*}" "${v#*:}/src/megakernel.cu" &

@@ -31,16 +31,20 @@ constexpr float kNegBig = -1e30f;  // "minus infinity" that keeps exp2(m - M) fi
 // then a reduction over 8 lanes (3 shuffle levels, not 5 over 32) and a lane computes 2 scores a
 // batch, not 8. V keeps the output's layout: lane l holds dims 4l..4l+3 of the 4 positions' rows.
 
+// Offset of cached position t's row. Timing experiment MK_EXP & 2048 (config.cuh; wrong results):
+// t % 64, so every KV read of the scan hits a window that stays in L2 (RESEARCH.md section 20).
+__device__ __forceinline__ size_t kv_row(int t) { return (size_t)((MK_EXP & 2048) ? (t & 63) : t) * kHeadDim; }
+
 // Loads batch tb..tb+3 (rows clamped below t_end; the caller masks the excess) into registers.
 __device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end,
                                               uint4 (&kq)[2], uint2 (&vr)[4]) {
   const int lane = threadIdx.x & 31, s = lane % 8;
-  const uint4* krow = reinterpret_cast<const uint4*>(kc + (size_t)min(tb + lane / 8, t_end - 1) * kHeadDim);
+  const uint4* krow = reinterpret_cast<const uint4*>(kc + kv_row(min(tb + lane / 8, t_end - 1)));
   kq[0] = __ldcg(krow + s);
   kq[1] = __ldcg(krow + 8 + s);
 #pragma unroll
   for (int u = 0; u < 4; ++u)
-    vr[u] = __ldcg(reinterpret_cast<const uint2*>(vc + (size_t)min(tb + u, t_end - 1) * kHeadDim) + lane);
+    vr[u] = __ldcg(reinterpret_cast<const uint2*>(vc + kv_row(min(tb + u, t_end - 1))) + lane);
 }
 
 // L2 prefetch of K and V rows tb..tb+3 (below t_end): lanes 0-15 one 128-byte line each.
@@ -48,7 +52,7 @@ __device__ __forceinline__ void prefetch_kv_batch(const bf16_t* kc, const bf16_t
   const int lane = threadIdx.x & 31;
   const int t = tb + lane / 4;
   if (lane < 16 && t < t_end) {
-    const bf16_t* row = ((lane >> 1) & 1 ? vc : kc) + (size_t)t * kHeadDim + (lane & 1) * (kHeadDim / 2);
+    const bf16_t* row = ((lane >> 1) & 1 ? vc : kc) + kv_row(t) + (lane & 1) * (kHeadDim / 2);
     prefetch_l2(row);
   }
 }
@@ -70,7 +74,7 @@ __device__ __forceinline__ void issue_kv_copies(uint8_t* buf, const bf16_t* kc, 
   for (int r = 0; r < 4; ++r) {
     const int piece = lane + 32 * r;  // 16-byte piece: row piece / 16, column piece % 16
     const int row = piece / 16, t = min(tb + row % 4, t_end - 1);
-    const bf16_t* src = (row < 4 ? kc : vc) + (size_t)t * kHeadDim + (piece % 16) * 8;
+    const bf16_t* src = (row < 4 ? kc : vc) + kv_row(t) + (piece % 16) * 8;
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16;"
                  :: "r"((uint32_t)__cvta_generic_to_shared(buf + piece * 16)), "l"(src) : "memory");
   }

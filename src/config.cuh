@@ -27,7 +27,8 @@ constexpr float kRmsEps = MK_RMS_EPS;
 //   round trips, 16 no weight copies (slots stay zero), 32 no dot products, 64 no L2 prefetch,
 //   128 weight copies from a 4 MB window that stays in L2 (sm_90), 256 sub-stage clocks of block
 //   thread 0 (sub_stamp in barriers.cuh), 1024 the down stage polls half of act (wrong results: how
-//   much the poll's L2 traffic costs). They all time step MK_STAMP_STEP (default 1).
+//   much the poll's L2 traffic costs), 2048 the attention scan reads cached position t as t % 64 (wrong
+//   results: the scan with every KV read an L2 hit). They all time step MK_STAMP_STEP (default 1).
 #ifndef MK_EXP
 #define MK_EXP 0
 #endif
@@ -73,7 +74,8 @@ constexpr int kShortCtxPositions = 1536;
 // The short-context build's ring depth on sm_90+ (the long one uses every slot that fits, 16):
 // fewer bytes in flight, quicker activation round trips. H100, 256 tokens, tok/s, 8 / 16 slots:
 // context 1: 1,695-1,714 / 1,668-1,671; 128: 1,634-1,662 / 1,614; 640: 1,506-1,511 / 1,467. Applied
-// from sm_90 up (launch_slots, megakernel.cu); older GPUs keep the full ring (not measured there).
+// where the kernels are sm_90 code (launch_slots, megakernel.cu); PTX-only builds and older GPUs keep
+// the full ring (not measured on older GPUs).
 constexpr int kShortCtxRingSlots = 8;
 // ... and from this mean position the deep-KV build (more KV batches in flight in the scan: on sm_90
 // code kv_depth_of(2) staged a warp and an 8-slot ring, below; on older code a third batch in registers,

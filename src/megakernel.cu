@@ -338,11 +338,13 @@ static int launch_variant(int pos0, int n_steps) {
 }
 
 // Ring slots a launch of build `variant` uses: on sm_90 code a build with deep KV staging
-// (config.cuh, kv_depth_of) takes kConsumerWarps, its staging the shared memory past them; the
-// short-context build takes kShortCtxRingSlots on sm_90+; the others every slot the engine sized.
+// (config.cuh, kv_depth_of) takes kConsumerWarps, its staging the shared memory past them, and the
+// short-context build kShortCtxRingSlots; the others, and every build of PTX-only compute_80/75 code
+// (full slots; on the H100 8 and 16 slots measured alike, RESEARCH.md section 20), every slot the
+// engine sized. (The same rule as launch_prefetch_slots and the fine slots: what the code is.)
 static int launch_slots(const MkEngine* e, int variant) {
   if (e->fine_slots && kv_depth_of(variant) > 1) return kConsumerWarps;  // the KV staging takes the rest
-  return variant == kShortCtx && e->cc >= 90 ? std::min(e->nslots, kShortCtxRingSlots) : e->nslots;
+  return variant == kShortCtx && e->fine_slots ? std::min(e->nslots, kShortCtxRingSlots) : e->nslots;
 }
 
 // L2 prefetch distance of a launch of build `variant`: the short build's slots are smaller where
