@@ -7,7 +7,8 @@
 # Each variant is "name:VAR=value,VAR=value" and runs the working tree's build with those
 # environment variables ("name@b:..." runs the BUILDS build b with them); "base" and "new" (no
 # variables) always run. BUILDS="name:-DX=1,-DY=2 ..." adds builds of the working tree with those
-# compiler flags (compile-time knobs, config.cuh), run in the same rounds; DIRS="name:dir ..."
+# compiler flags (compile-time knobs, config.cuh), run in the same rounds (a -arch=... among them
+# replaces sm_90: BUILDS="p80:-arch=compute_80" is a PTX-only build, JIT by the driver); DIRS="name:dir ..."
 # builds of the src/ in each dir (untracked copies). EXP=4 adds the per-stage breakdown (MK_EXP=4
 # builds) of base and new at the first context; EXP=260 EXTRA=-DMK_STAMP_STEP=200 EXP_STEPS=256
 # the sub-stage clocks of step 200 (RESEARCH.md section 12).
@@ -32,7 +33,7 @@ PYTHONPATH="$WORK/path" scripts/rand_flat.sh >/dev/null &
 NV="nvcc -O3 -std=c++17 -arch=sm_90 -DMK_STANDALONE"
 $NV -I"$WORK/base/src" -o build/ab_base "$WORK/base/src/megakernel.cu" &
 $NV -Isrc -o build/ab_new src/megakernel.cu &
-for v in ${BUILDS:-}; do  # a -arch=... among the flags replaces sm_90 (a PTX-only build: -arch=compute_80)
+for v in ${BUILDS:-}; do
   IFS=, read -ra flags <<< "${v#*:}"
   nv=$NV; [[ " ${flags[*]}" == *" -arch="* ]] && nv=${NV/-arch=sm_90/}
   $nv -Isrc "${flags[@]}" -o "build/ab_b_${v%%:*}" src/megakernel.cu &
