@@ -8,7 +8,9 @@ Runs on whatever CUDA GPU it finds, all in one process on the same weights (a co
 file with --weights, else a random checkpoint of the real Qwen3-0.6B shapes):
   1. streaming read bandwidth of the GPU (the roofline), next to the datasheet figure;
   2. the megakernel at each context: bulk prefill of the context (host/prefill.py), a 16-step
-     warm-up, then one launch of --tokens steps, timed with CUDA events (median of 3);
+     warm-up, then one launch of --tokens steps, timed with CUDA events (median of 3); greedy
+     launches choose the token from the LM head's int8 copy (the same tokens, src/lm_head_q8.cuh),
+     and the same launches are timed again with the bf16 LM head;
   3. time to first token for prompts of --ttft lengths: bulk prefill + the first decode step,
      wall clock, median of 5 after a warm-up (and, up to 1,024 tokens, the same prompt fed
      through the megakernel one token per step, for comparison);
@@ -76,11 +78,25 @@ def measure_megakernel(eng, context: int, tokens: int, read_bw: float, seed: int
             raise MegakernelError(f"launch stopped after {done} of {tokens} steps (EOS?)")
         ms.append(eng.last_ms())
     sec_per_tok = statistics.median(ms) / 1000 / tokens
+    # the same launches with the bf16 LM head (the int8 copy chooses the same tokens, reading 0.153 GB
+    # less a token: src/lm_head_q8.cuh); both are reported against the bf16 roofline
+    sec_bf16 = sec_per_tok
+    if eng.has_lm_int8:
+        ms_bf16 = []
+        eng.set_lm_int8(False)
+        try:
+            for _ in range(3):
+                eng.run([], pos0, tokens, start_token)
+                ms_bf16.append(eng.last_ms())
+        finally:
+            eng.set_lm_int8(True)
+        sec_bf16 = statistics.median(ms_bf16) / 1000 / tokens
     bpt = eng.bytes_per_token(context + tokens // 2)  # the average context over the launch
     roof = read_bw * 1e9 / bpt
     return dict(context=context, tok_s=1 / sec_per_tok, ms_per_token=sec_per_tok * 1000,
                 achieved_GBps=bpt / sec_per_tok / 1e9, roofline_tok_s=roof,
-                pct_roofline=100 / sec_per_tok / roof)
+                pct_roofline=100 / sec_per_tok / roof, tok_s_bf16_lm_head=1 / sec_bf16,
+                pct_roofline_bf16_lm_head=100 / sec_bf16 / roof)
 
 
 def measure_ttft(eng, lengths, seed: int = 0) -> list:
@@ -237,10 +253,14 @@ def plot(path: str, report: dict, curve: list):
 
 
 def print_report(report: dict):
-    print(f"\n{'context':>8} | {'tok/s':>9} | {'ms/token':>8} | {'GB/s':>7} | {'% roofline':>10}")
+    print(f"\n{'context':>8} | {'tok/s':>9} | {'ms/token':>8} | {'GB/s':>7} | {'% roofline':>10} | "
+          f"{'bf16 LM head tok/s':>18} | {'%':>6}")
     for r in report["runs"]:
         print(f"{r['context']:>8} | {r['tok_s']:>9.1f} | {r['ms_per_token']:>8.3f} | "
-              f"{r['achieved_GBps']:>7.0f} | {r['pct_roofline']:>9.1f}%")
+              f"{r['achieved_GBps']:>7.0f} | {r['pct_roofline']:>9.1f}% | {r['tok_s_bf16_lm_head']:>18.1f} | "
+              f"{r['pct_roofline_bf16_lm_head']:>5.1f}%")
+    print("(tok/s: greedy with the LM head's int8 copy, the same tokens as the bf16 LM head; GB/s and % of "
+          "roofline count the bf16 bytes)")
     first = report["runs"][0]
     for name, tok_s in first["baselines"].items():
         if tok_s:

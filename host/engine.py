@@ -53,6 +53,8 @@ class Engine:
         self.lib.mk_info(self._h, info)
         self.grid, self.threads, self.ring_slots, self.smem_bytes, self.sms, self.cc = list(info)[:6]
         self.weight_bytes, self.scratch_bytes, self.kv_cache_bytes = info[7], info[8], info[9]
+        # greedy launches use the LM head's int8 copy unless the engine was created with MK_LM_Q8=0
+        self.has_lm_int8 = self.lib.mk_set_lm_q8(self._h, 1) == 0
         if not quiet:
             print(self.memory_report())
         self.pos = 0          # positions already in the KV cache (for continuing a conversation)
@@ -112,6 +114,14 @@ class Engine:
     def set_eos(self, ids):
         ids = list(ids)
         self._check(self.lib.mk_set_eos(self._handle(), (ctypes.c_int * max(len(ids), 1))(*ids), len(ids)))
+
+    def set_lm_int8(self, on: bool):
+        """Greedy launches choose the token from the LM head's int8 copy (the default) or from the
+        bf16 LM head; the tokens are the same (src/lm_head_q8.cuh). Engines created with
+        MK_LM_Q8=0 have no int8 copy."""
+        rc = self.lib.mk_set_lm_q8(self._handle(), int(bool(on)))
+        if rc != 0:
+            raise MegakernelError(self.lib.mk_error(self._h).decode())
 
     def set_sampling(self, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                      rng_offset: int = 0) -> int:

@@ -120,7 +120,7 @@ def _run_with_progress(cmd: list, quiet: bool) -> subprocess.CompletedProcess:
     return result["r"]
 
 
-ABI_VERSION = "megakernel-abi-3"  # src/megakernel.cu's kAbiVersion: the C API these signatures describe
+ABI_VERSION = "megakernel-abi-4"  # src/megakernel.cu's kAbiVersion: the C API these signatures describe
 
 
 class _Lib:
@@ -143,6 +143,7 @@ class _Lib:
             "mk_set_sampling": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_float, ctypes.c_int, ctypes.c_float,
                                                ctypes.c_ulonglong, ctypes.c_ulonglong]),
             "mk_set_lm_only": (ctypes.c_int, [ctypes.c_void_p, ctypes.POINTER(ctypes.c_float)]),
+            "mk_set_lm_q8": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
             "mk_set_timeout_ms": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_double]),
             "mk_set_fault": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]),
             "mk_last_ms": (ctypes.c_float, [ctypes.c_void_p]),

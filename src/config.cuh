@@ -175,6 +175,10 @@ constexpr bool kFineSlotsArch = false;
 #else
 constexpr bool kFineSlotsArch = true;
 #endif
+// Greedy launches stream the LM head's int8 copy (lm_head_q8.cuh): kQ8RowBytes a row, counted as
+// bf16 elements like every other row.
+constexpr int kQ8RowBytes = kHidden + 16;
+constexpr int kQ8RowElems = kQ8RowBytes / 2;
 template <bool kFine>
 struct SlotRows {
   static constexpr int kQKV = kFine ? MK_RPS_QKV : rows_per_slot(kHidden);
@@ -182,6 +186,7 @@ struct SlotRows {
   static constexpr int kGateUp = rows_per_slot(kHidden);
   static constexpr int kDown = kFine ? MK_RPS_DOWN : rows_per_slot(kInter);
   static constexpr int kLmHead = rows_per_slot(kHidden);
+  static constexpr int kLmHeadQ8 = rows_per_slot(kQ8RowElems);
   static_assert(kQKV >= 1 && kQKV <= rows_per_slot(kHidden) && kDown >= 1 && kDown <= rows_per_slot(kInter),
                 "rows per slot: from 1 to what a slot holds");
 };

@@ -63,7 +63,8 @@ __device__ __forceinline__ float pick(const float (&acc)[N], int i) {
 // the segment's rows per slot, config.cuh).
 // stage_kind names the stage for the timing builds only: its kind (megakernel.cu's stamps: 0 QKV,
 // 2 O, 3 gate/up, 4 down, 5 LM head) + 8 * layer.
-template <int K, int RPS, class Dot, class Epilogue>
+// kReduce false: the epilogue gets each lane's partial sums and reduces them itself.
+template <int K, int RPS, bool kReduce = true, class Dot, class Epilogue>
 __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Segment& s, int step,
                                          int stage_kind, Dot&& dot, Epilogue&& epilogue) {
   static_assert(RPS >= 1 && RPS <= rows_per_slot(K), "rows per slot");
@@ -117,8 +118,19 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
       for (int r = 0; r < RPS; ++r) acc[r] = 0.f;  // the launch is failing; outputs are discarded
     }
 #pragma unroll
-    for (int r = 0; r < RPS; ++r) acc[r] = warp_sum(acc[r]);
+#if MK_EXP & 8  // timing builds: cycles of the warp sums and epilogue (counter slot 6 + kind / 5)
+    const long long e0 = clock64_after(acc[0]);
+#endif
+    for (int r = 0; r < RPS; ++r)
+      if (kReduce) acc[r] = warp_sum(acc[r]);
     epilogue(s.row0 + i * RPS, rows, acc);
+#if MK_EXP & 8
+    const long long e1 = clock64_after(acc[0]);
+    if (step == kStampStep && (threadIdx.x & 31) == 0 && stage_kind % 8 >= 4) {
+      atomicAdd(dbg_counters(p) + kDbgDotCycles + 6 + (stage_kind % 8 - 4), (unsigned long long)(e1 - e0));
+      atomicAdd(dbg_counters(p) + kDbgDotSlots + 6 + (stage_kind % 8 - 4), 1ull);
+    }
+#endif
   }
   ring.base += nslots;
 }

@@ -24,6 +24,7 @@
 #include "attention.cuh"
 #include "barriers.cuh"
 #include "gemv.cuh"
+#include "lm_head_q8.cuh"
 #include "prefetch.cuh"
 #include "rmsnorm.cuh"
 #include "sampling.cuh"
@@ -215,9 +216,15 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
       float* lg = &ctl.xs[0][0];  // modes 1, 2: this block's scaled logits (both staged-input buffers)
       int lm0, lm1;
       split_units(kVocab, lm0, lm1);
-      if (mode != 0) consumer_sync();  // every warp has read its input from xs before lg overwrites it
+      if (mode != 0 || lm_q8_active(p)) consumer_sync();  // every warp has read its input from xs before lg overwrites it
       float best_v = -INFINITY;
       int best_i = 0x7fffffff;
+      if (lm_q8_active(p)) {  // greedy from the int8 copy, exact (lm_head_q8.cuh)
+        q8_lm_head(p, ctl, ring, stream_segment<kFine>(p, idx++), x, step, lm0, lm1 - lm0, best_v, best_i);
+        stamp(p, step, 5 * kLayers, 1);
+        if (!publish_argmax(p, ctl, best_v, best_i, step)) goto done;
+        continue;
+      }
       gemv_stage<kHidden, SlotRows<kFine>::kLmHead>(p, ring, x, stream_segment<kFine>(p, idx++), step, 5,
                           [&](int row0, int rows, const auto& acc) {
 #pragma unroll
@@ -298,6 +305,7 @@ struct MkEngine {
   FlatFileInfo info;
   void* weights = nullptr;        // the whole payload, as in the file
   void* wo_panels = nullptr;      // every layer's wo regrouped by KV-head group (kWoPanelBytes), or null
+  void* lm_q8 = nullptr;          // the LM head's int8 copy (kLmQ8Bytes, lm_head_q8.cuh), or null
   size_t weight_bytes = 0;
   void* scratch = nullptr;        // KV cache + activations + counters (one allocation)
   size_t scratch_bytes = 0;
@@ -310,7 +318,7 @@ struct MkEngine {
   std::string err;
 };
 
-static const char* kAbiVersion = "megakernel-abi-3";  // host/launcher.py ABI_VERSION
+static const char* kAbiVersion = "megakernel-abi-4";  // host/launcher.py ABI_VERSION
 
 #define MK_TRY(call)                                                                           \
   do {                                                                                         \
@@ -368,6 +376,14 @@ static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 constexpr size_t kWoPanelBytes = (size_t)kLayers * kHidden * kQDim * sizeof(bf16_t);
 static bool wo_panels_wanted() {
   const char* env = getenv("MK_WO_PANELS");
+  return !env || atoi(env) != 0;
+}
+// The LM head's int8 copy for greedy launches (lm_head_q8.cuh): the weight stream reads 0.158 GB
+// instead of 0.311 GB for it, and the token is the bf16 LM head's, bit for bit. MK_LM_Q8=0 (engine
+// creation) saves its GPU memory; mk_set_lm_q8 switches it off and on per engine.
+constexpr size_t kLmQ8Bytes = (size_t)kVocab * kQ8RowBytes;
+static bool lm_q8_wanted() {
+  const char* env = getenv("MK_LM_Q8");
   return !env || atoi(env) != 0;
 }
 // The counted words of two steps (params.cuh, hred); zeroed before every launch.
@@ -500,8 +516,8 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   // a group's members, at most (attention.cuh chunks the positions over them)
   e->attn_max_chunks = std::min((e->grid + kKVHeads - 1) / kKVHeads, kMaxAttnChunks);
   // Memory: weights + scratch must fit in what is free now.
-  const bool wo_panels = wo_panels_wanted();
-  e->weight_bytes = e->info.header.payload_bytes + (wo_panels ? kWoPanelBytes : 0);
+  const bool wo_panels = wo_panels_wanted(), lm_q8 = lm_q8_wanted();
+  e->weight_bytes = e->info.header.payload_bytes + (wo_panels ? kWoPanelBytes : 0) + (lm_q8 ? kLmQ8Bytes : 0);
   e->scratch_bytes = layout_scratch(e, nullptr);
   size_t free_b = 0, total_b = 0;
   MK_TRY(cudaMemGetInfo(&free_b, &total_b));
@@ -516,6 +532,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   }
   MK_TRY(cudaMalloc(&e->weights, e->info.header.payload_bytes));
   if (wo_panels) MK_TRY(cudaMalloc(&e->wo_panels, kWoPanelBytes));
+  if (lm_q8) MK_TRY(cudaMalloc(&e->lm_q8, kLmQ8Bytes));
   MK_TRY(cudaMalloc(&e->scratch, e->scratch_bytes));
   MK_TRY(cudaMemset(e->scratch, 0, e->scratch_bytes));
   layout_scratch(e, (char*)e->scratch);
@@ -571,6 +588,13 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   p.final_norm = tensor(MK_T_FINAL_NORM);
   p.rope_inv_freq = (const float*)tensor(MK_T_ROPE_INV_FREQ);
   p.lm_head = e->info.header.tie_word_embeddings ? p.embed : tensor(MK_T_LM_HEAD);
+  if (e->lm_q8) {
+    constexpr int kRowsPerBlock = 8;  // a warp a row
+    quantize_lm_head_q8<<<(kVocab + kRowsPerBlock - 1) / kRowsPerBlock, 32 * kRowsPerBlock>>>(p.lm_head, (uint8_t*)e->lm_q8, kVocab);
+    MK_TRY(cudaGetLastError());
+    MK_TRY(cudaDeviceSynchronize());
+    p.lm_q8 = (const uint8_t*)e->lm_q8;
+  }
   p.max_ctx = max_ctx;
   p.attn_max_chunks = e->attn_max_chunks;
   p.attn_min_chunk = kAttnQuantum;
@@ -603,6 +627,7 @@ void mk_destroy(MkEngine* e) {
   if (!e) return;
   cudaFree(e->weights);
   cudaFree(e->wo_panels);
+  cudaFree(e->lm_q8);
   cudaFree(e->scratch);
   cudaFree(e->d_tokens);
   if (e->ev0) cudaEventDestroy(e->ev0);
@@ -684,6 +709,17 @@ int mk_set_sampling(MkEngine* e, float temperature, int top_k, float top_p, unsi
 int mk_set_lm_only(MkEngine* e, const float* hidden) {
   if (hidden) MK_TRY(cudaMemcpy(e->lm_only_buf, hidden, kHidden * sizeof(float), cudaMemcpyHostToDevice));
   e->p.lm_only_hidden = hidden ? e->lm_only_buf : nullptr;
+  return 0;
+}
+
+// Greedy launches choose the token from the LM head's int8 copy (on != 0, the default when the engine
+// has one) or from the bf16 LM head; the tokens are the same (lm_head_q8.cuh).
+int mk_set_lm_q8(MkEngine* e, int on) {
+  if (on && !e->lm_q8) {
+    e->err = "this engine has no int8 LM head (it was created with MK_LM_Q8=0); create it without that setting";
+    return -1;
+  }
+  e->p.lm_q8 = on ? (const uint8_t*)e->lm_q8 : nullptr;
   return 0;
 }
 
@@ -890,6 +926,9 @@ int main(int argc, char** argv) {
     for (int k = 0; k < 6; ++k)
       printf("%-7s %6.2f %6.2f %6.2f %6.2f %6.2f\n", names[k], med(span[k]), med(lat[k]), med(spread[k]), med(work[k]),
              counters[kDbgRingWait + k] / 1e3 / G / kConsumerWarps / (k == 5 ? 1 : kLayers));
+    if (counters[kDbgQ8Rescored] || counters[kDbgQ8Overflows])
+      printf("int8 LM head: %.2f rows rescored a block, %llu blocks fell back to bf16, rescoring %.2f us (warp 0, mean)\n",
+             (double)counters[kDbgQ8Rescored] / G, counters[kDbgQ8Overflows], counters[kDbgQ8RescoreNs] / 1e3 / G);
     if ((MK_EXP & 8) && counters[kDbgPolls])
       printf("activation polls: first L2 round trip %.0f cycles, %.2f poll rounds (%llu waits)\n",
              (double)counters[kDbgPollCycles] / counters[kDbgPolls], (double)counters[kDbgPollRounds] / counters[kDbgPolls], counters[kDbgPolls]);
@@ -939,6 +978,11 @@ int main(int argc, char** argv) {
         if (counters[kDbgDotSlots + k])
           printf("dot %-7s %.0f cycles per slot (%llu slots)\n", names[k], (double)counters[kDbgDotCycles + k] / counters[kDbgDotSlots + k],
                  counters[kDbgDotSlots + k]);
+    if (MK_EXP & 8)
+      for (int k = 6; k < 8; ++k)
+        if (counters[kDbgDotSlots + k])
+          printf("epilogue %-4s %.0f cycles per slot (warp sums and epilogue)\n", k == 6 ? "down" : "lm",
+                 (double)counters[kDbgDotCycles + k] / counters[kDbgDotSlots + k]);
   }
 #endif
   const double bw = mk_measure_read_bandwidth(4.0, 9);

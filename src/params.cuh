@@ -24,6 +24,8 @@ struct MkParams {
   const bf16_t* final_norm;     // (hidden)
   const float* rope_inv_freq;   // (head_dim / 2), exactly HF's
   const bf16_t* lm_head;        // (vocab, hidden); == embed when tied
+  const uint8_t* lm_q8;         // (vocab, kQ8RowBytes) int8 copy of lm_head for greedy launches
+                                //   (lm_head_q8.cuh), or null: the bf16 LM head
   bf16_t* k_cache;              // (layers, kv_heads, max_ctx, head_dim)
   bf16_t* v_cache;              // (layers, kv_heads, max_ctx, head_dim)
   int max_ctx;
@@ -87,14 +89,15 @@ struct MkParams {
 
 // MK_EXP timing builds: dbg_times holds (grid, kTimedStages, kStampWords) words of step
 // kStampStep (input ready, last warp done, longest ring wait of a warp; ns), then kDbgCounters
-// counters summed over blocks: ring waits per stage kind (ns); with MK_EXP & 8 slot dot cycles
-// and slots per stage kind, poll round trip cycles, poll rounds, polls; with MK_EXP & 256 the
+// counters summed over blocks: ring waits per stage kind (ns); the int8 LM head's rescored rows,
+// blocks that fell back to bf16, and its rescoring time (ns, lm_head_q8.cuh); with MK_EXP & 8 slot
+// dot cycles and slots per stage kind, poll round trip cycles, poll rounds, polls; with MK_EXP & 256 the
 // sub-stage clocks (sub_stamp, kSubPoints points).
 constexpr int kTimedStages = 5 * kLayers + 1;
 constexpr int kStampWords = 3;
 enum DbgCounter {
   kDbgRingWait = 0, kDbgDotCycles = 8, kDbgDotSlots = 24, kDbgPollCycles = 32, kDbgPollRounds = 33,
-  kDbgPolls = 34, kDbgSub = 40
+  kDbgPolls = 34, kDbgQ8Rescored = 35, kDbgQ8Overflows = 36, kDbgQ8RescoreNs = 37, kDbgSub = 40
 };
 // The points of a layer that MK_EXP & 256 builds stamp (sub_stamp), in the order a block passes
 // them; each counter holds the clocks from the point before (the harness names them).

@@ -56,6 +56,11 @@ constexpr int kStreamPerLayer = 4;
 constexpr int kStreamLmHead = kStreamPerLayer * kLayers;  // the LM head's position
 constexpr int kStreamPerToken = kStreamLmHead + 1;
 
+// Greedy launches without debug logits stream the LM head's int8 copy (lm_head_q8.cuh).
+__device__ __forceinline__ bool lm_q8_active(const MkParams& p) {
+  return p.lm_q8 != nullptr && p.sample_mode == 0 && p.dbg_logits == nullptr;
+}
+
 // kFine: the short-context build's rows per slot (config.cuh, SlotRows).
 template <bool kFine>
 __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
@@ -63,6 +68,8 @@ __device__ __forceinline__ Segment stream_segment(const MkParams& p, int idx) {
   int u0, u1;
   if (idx == kStreamLmHead) {
     split_units(kVocab, u0, u1);
+    if (lm_q8_active(p))
+      return {reinterpret_cast<const bf16_t*>(p.lm_q8), u0, u1 - u0, kQ8RowElems, R::kLmHeadQ8};
     return {p.lm_head, u0, u1 - u0, kHidden, R::kLmHead};
   }
   const LayerWeights& w = p.layer[idx / kStreamPerLayer];
