@@ -5,7 +5,8 @@
 #   LAUNCHES="0 2" scripts/sanitize.sh racecheck   one launch per step; the tool checks launches
 #                                                   0..1 only (the rest run uninstrumented)
 # The kernel's spin-waits get a long timeout: instrumented code runs orders of magnitude slower.
-# The kernel build follows the launch's mean position (below 1,536: short, from 10,240: deep);
+# The kernel build follows the launch's mean position (from 10,240: deep; below 1,536 short where the
+# kernels are not sm_90 code, else long: megakernel.cu, launch_variant);
 # MK_KERNEL=short|long|deep forces one.
 #   POSITION=1024 scripts/sanitize.sh racecheck  8 steps from position 1,024 over the zeroed cache
 #                                                 (split-KV chunks and the scan's staged batches)

@@ -70,6 +70,8 @@ constexpr int kProducerWarps = 2;
 // the prefetch warp's traffic): the long build, or the deep-KV build from kDeepKVPositions (below).
 // Crossover on the H100 with the 8-slot short ring (RESEARCH.md section 14), short / long tok/s:
 // mean position 1,152: 1,469 / 1,399; 2,176: 1,288 / 1,371. (Section 12, 16 slots: 896 and 1,024.)
+// Since section 21 the rule applies only where the kernels are not sm_90 code: on sm_90 code the long
+// build is faster at every context (megakernel.cu, launch_variant).
 constexpr int kShortCtxPositions = 1536;
 // The short-context build's ring depth on sm_90+ (the long one uses every slot that fits, 16):
 // fewer bytes in flight, quicker activation round trips. H100, 256 tokens, tok/s, 8 / 16 slots:

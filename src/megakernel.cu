@@ -332,17 +332,21 @@ static const char* kAbiVersion = "megakernel-abi-4";  // host/launcher.py ABI_VE
 static const void* const kKernels[3] = {(const void*)qwen3_megakernel<kShortCtx>, (const void*)qwen3_megakernel<kLongCtx>,
                                         (const void*)qwen3_megakernel<kDeepKVCtx>};
 
-// The kernel build for a launch by its mean position: short-context below kShortCtxPositions,
-// deep-KV from kDeepKVPositions, long-context between. MK_KERNEL=short|long|deep forces one
-// (measurements).
-static int launch_variant(int pos0, int n_steps) {
+// The kernel build for a launch by its mean position: deep-KV from kDeepKVPositions, else long-context;
+// where the kernels are not sm_90 code (older GPUs, PTX-only builds), short-context below
+// kShortCtxPositions. On sm_90 code the long build now wins at short contexts too (H100, tok/s, long /
+// short, two rounds of one call, RESEARCH.md section 21): context 1 1,873-1,875 / 1,792-1,795, 128
+// 1,806-1,815 / 1,720-1,724, 640 1,638-1,643 / 1,554-1,555, 1,024 1,547-1,553 / 1,486-1,491.
+// MK_KERNEL=short|long|deep forces one (measurements).
+static int launch_variant(const MkEngine* e, int pos0, int n_steps) {
   if (const char* env = getenv("MK_KERNEL")) {  // other values: the rule below
     if (strcmp(env, "short") == 0) return kShortCtx;
     if (strcmp(env, "long") == 0) return kLongCtx;
     if (strcmp(env, "deep") == 0) return kDeepKVCtx;
   }
   const int mean = pos0 + n_steps / 2;
-  return mean < kShortCtxPositions ? kShortCtx : mean < kDeepKVPositions ? kLongCtx : kDeepKVCtx;
+  if (mean >= kDeepKVPositions) return kDeepKVCtx;
+  return mean < kShortCtxPositions && !e->fine_slots ? kShortCtx : kLongCtx;
 }
 
 // Ring slots a launch of build `variant` uses: on sm_90 code a build with deep KV staging
@@ -770,7 +774,7 @@ int mk_run(MkEngine* e, const int* forced, int n_forced, int pos0, int n_steps, 
   MK_TRY(cudaMemcpy(p.cur_token, &start_token, sizeof(int), cudaMemcpyHostToDevice));
   void* args[] = {&p};
   MK_TRY(cudaEventRecord(e->ev0));
-  const int variant = launch_variant(pos0, n_steps);
+  const int variant = launch_variant(e, pos0, n_steps);
   p.nslots = launch_slots(e, variant);
   p.prefetch_slots = launch_prefetch_slots(e, variant);
   MK_TRY(cudaLaunchCooperativeKernel(kKernels[variant], dim3(e->grid), dim3(e->threads), args, e->smem, 0));
