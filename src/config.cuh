@@ -188,7 +188,7 @@ struct SlotRows {
   static constexpr int kGateUp = rows_per_slot(kHidden);
   static constexpr int kDown = kFine ? MK_RPS_DOWN : rows_per_slot(kInter);
   static constexpr int kLmHead = rows_per_slot(kHidden);
-  static constexpr int kLmHeadQ8 = rows_per_slot(kQ8RowElems);
+  static constexpr int kLmHeadQ8 = rows_per_slot(kQ8RowElems) < 32 ? rows_per_slot(kQ8RowElems) : 32;  // (lm_head_q8.cuh)
   static_assert(kQKV >= 1 && kQKV <= rows_per_slot(kHidden) && kDown >= 1 && kDown <= rows_per_slot(kInter),
                 "rows per slot: from 1 to what a slot holds");
 };

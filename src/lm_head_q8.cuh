@@ -18,9 +18,9 @@
 // The engine builds the copy at creation (mk_create; MK_LM_Q8=0 skips it, mk_set_lm_q8 switches it
 // per launch). Measured gain and candidate counts: RESEARCH.md section 21.
 //
-// Row layout (kQ8RowBytes): lane l's 32 weights of rmsnorm.cuh's register layout (elements
-// 8(32c + l) + j, c = 0..3, j = 0..7) are bytes 16l..16l+15 (c = 0, 1) and 512+16l.. (c = 2, 3), so
-// lane l's two 16-byte pieces map byte k to its x[k]; then 16 bytes: the scale (float) and zeros.
+// Row layout (kQ8RowBytes): the kHidden int8 weights in column order (any kHidden of 256 k), so that lane l's 8-byte pieces
+// c * 32 + l hold its x[8c .. 8c+7] (rmsnorm.cuh's register layout); then 16 bytes: the scale (float)
+// and zeros.
 #pragma once
 #include "gemv.cuh"
 #include "sampling.cuh"
@@ -29,7 +29,7 @@ constexpr float kQ8Margin = 0.55f;
 // ctl.xs during the int8 LM head: x (kHidden floats, for the rescoring), then each warp's list of
 // kQ8ListCap (upper bound, row) pairs.
 constexpr int kQ8ListCap = (2 * kStageFloats - kHidden) / 2 / kConsumerWarps;
-static_assert(kHidden == 1024, "the int8 row layout maps 32 weights a lane (rmsnorm.cuh, K = 1024)");
+constexpr int kQ8Words = kHidden / 128;  // 32-bit words of int8 a lane holds of a row (and of x)
 static_assert(kQ8RowBytes % 16 == 0 && rows_per_slot(kQ8RowElems) >= 1, "int8 rows in 16-byte pieces");
 // (kQ8RowBytes is in config.cuh and lm_q8_active in weight_ring.cuh: the stream picks the copy.)
 
@@ -46,9 +46,9 @@ __global__ void quantize_lm_head_q8(const bf16_t* __restrict__ w, uint8_t* __res
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
   const float s = m / 127.f;
-  uint32_t words[8];
+  uint32_t words[kQ8Words];
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
+  for (int k = 0; k < kQ8Words; ++k) {
     uint32_t v = 0;
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
@@ -57,17 +57,17 @@ __global__ void quantize_lm_head_q8(const bf16_t* __restrict__ w, uint8_t* __res
     }
     words[k] = v;
   }
-  uint4* row = reinterpret_cast<uint4*>(q8 + (size_t)r * kQ8RowBytes);
-  row[lane] = make_uint4(words[0], words[1], words[2], words[3]);
-  row[32 + lane] = make_uint4(words[4], words[5], words[6], words[7]);
-  if (lane == 0) row[64] = make_uint4(__float_as_uint(s), 0u, 0u, 0u);
+  uint2* row = reinterpret_cast<uint2*>(q8 + (size_t)r * kQ8RowBytes);
+#pragma unroll
+  for (int c = 0; c < kQ8Words / 2; ++c) row[c * 32 + lane] = make_uint2(words[2 * c], words[2 * c + 1]);
+  if (lane == 0) reinterpret_cast<uint4*>(row)[kHidden / 16] = make_uint4(__float_as_uint(s), 0u, 0u, 0u);
 }
 
 // x as int8 pairs for dp4a: x ~ s_x (xh + xl / 254), |x - that| <= s_x / 500 per element
 // (s_x = max|x| / 127; the 1/508 of the two roundings plus float32 slack). Byte b of word k is
 // element 4k + b of this lane's x, as in the int8 rows.
 struct Q8Input {
-  uint32_t hi[8], lo[8];
+  uint32_t hi[kQ8Words], lo[kQ8Words];
   float sx;
 };
 __device__ __forceinline__ uint32_t s8_byte(float v, int b) {
@@ -83,7 +83,7 @@ __device__ __forceinline__ Q8Input q8_input(const float (&x)[kHidden / 32]) {
   in.sx = m / 127.f;
   const float inv = m > 0.f ? 1.f / in.sx : 0.f;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
+  for (int k = 0; k < kQ8Words; ++k) {
     in.hi[k] = in.lo[k] = 0u;
 #pragma unroll
     for (int b = 0; b < 4; ++b) {
@@ -103,15 +103,16 @@ __device__ __forceinline__ void q8_slot_dot(const uint8_t* tile, const Q8Input& 
   const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int r = 0; r < RPS; ++r) {
-    const uint4* row = reinterpret_cast<const uint4*>(tile + r * kQ8RowBytes);
-    const uint4 p0 = row[lane], p1 = row[32 + lane];
-    scale[r] = __uint_as_float(row[64].x);
-    const uint32_t w[8] = {p0.x, p0.y, p0.z, p0.w, p1.x, p1.y, p1.z, p1.w};
+    const uint2* row = reinterpret_cast<const uint2*>(tile + r * kQ8RowBytes);
+    scale[r] = *reinterpret_cast<const float*>(row + kHidden / 8);
     int h = 0, l = 0;
 #pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      h = __dp4a((int)w[k], (int)in.hi[k], h);
-      l = __dp4a((int)w[k], (int)in.lo[k], l);
+    for (int c = 0; c < kQ8Words / 2; ++c) {
+      const uint2 w = row[c * 32 + lane];
+      h = __dp4a((int)w.x, (int)in.hi[2 * c], h);
+      l = __dp4a((int)w.x, (int)in.lo[2 * c], l);
+      h = __dp4a((int)w.y, (int)in.hi[2 * c + 1], h);
+      l = __dp4a((int)w.y, (int)in.lo[2 * c + 1], l);
     }
     acc[r] = fmaf((float)l, 1.f / 254.f, (float)h) * (scale[r] * in.sx);
   }
@@ -126,34 +127,39 @@ struct Q8List {
   float thr = -INFINITY;
   bool overflow = false;
 
-  // A slot's rows: lane l's partial sums acc[0..RPS) of rows r0.. (rows valid), scale[] every
-  // lane's. A reduce-scatter over the lanes (16 shuffles for up to 16 rows instead of 5 a row)
-  // leaves lanes 2j and 2j+1 with row (8 b4 + 4 b3 + 2 b2 + b1) of lane bits b; the even lane keeps
-  // its row if the upper bound reaches the threshold.
-  // One level of the reduce-scatter: lane bit 2 kHalf keeps the upper kHalf values, its partner the lower.
-  template <int kHalf>
-  __device__ __forceinline__ static void halve(float (&v)[16]) {
-    const bool up = (threadIdx.x & 31) & (2 * kHalf);
+  // One level of a reduce-scatter of kV values over the lanes: the lanes with lane bit
+  // kHalf * 32 / kV keep the upper kHalf values, their partners the lower.
+  template <int kV, int kHalf>
+  __device__ __forceinline__ static void halve(float (&v)[kV]) {
+    constexpr int kBit = kHalf * 32 / kV;
+    const bool up = (threadIdx.x & 31) & kBit;
 #pragma unroll
     for (int i = 0; i < kHalf; ++i) {
       const float send = up ? v[i] : v[i + kHalf], keep = up ? v[i + kHalf] : v[i];
-      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, 2 * kHalf);
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, kBit);
     }
   }
+  // A slot's rows: lane l's partial sums acc[0..RPS) of rows r0.. (rows valid), scale[] every
+  // lane's. A reduce-scatter over the lanes (15 + 1 shuffles for up to 16 rows, 31 for up to 32,
+  // instead of 5 a row) leaves lanes 2j and 2j+1 with row (8 b4 + 4 b3 + 2 b2 + b1) of lane bits b
+  // (up to 32 rows: lane l with row l); one lane of a row keeps it if its upper bound reaches the
+  // threshold.
   template <int RPS>
   __device__ __forceinline__ void offer_slot(const float (&acc)[RPS], const float (&scale)[RPS], float bx, int r0,
                                              int rows) {
-    static_assert(RPS <= 16, "the reduce-scatter takes up to 16 rows");
+    static_assert(RPS <= 32, "the reduce-scatter takes up to 32 rows");
+    constexpr int kV = RPS <= 16 ? 16 : 32;
     const int lane = threadIdx.x & 31;
-    float v[16];
+    float v[kV];
 #pragma unroll
-    for (int r = 0; r < 16; ++r) v[r] = r < RPS ? acc[r] : 0.f;
-    halve<8>(v);
-    halve<4>(v);
-    halve<2>(v);
-    halve<1>(v);
-    const float a = v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
-    const int r = 8 * ((lane >> 4) & 1) + 4 * ((lane >> 3) & 1) + 2 * ((lane >> 2) & 1) + ((lane >> 1) & 1);
+    for (int r = 0; r < kV; ++r) v[r] = r < RPS ? acc[r] : 0.f;
+    if (kV == 32) halve<kV, kV / 2>(v);
+    halve<kV, 8>(v);
+    halve<kV, 4>(v);
+    halve<kV, 2>(v);
+    halve<kV, 1>(v);
+    const float a = kV == 32 ? v[0] : v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
+    const int r = kV == 32 ? lane : lane >> 1;
     float s = 0.f;
 #pragma unroll
     for (int k = 0; k < RPS; ++k) s = k == r ? scale[k] : s;
@@ -163,7 +169,7 @@ struct Q8List {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) lb = fmaxf(lb, __shfl_xor_sync(0xffffffffu, lb, o));
     thr = fmaxf(thr, lb);
-    const bool keep = valid && !(lane & 1) && a + b >= thr;
+    const bool keep = valid && (kV == 32 || !(lane & 1)) && a + b >= thr;
     unsigned mask = __ballot_sync(0xffffffffu, keep);
     if (!mask) return;
     if (n + __popc(mask) > kQ8ListCap) compact();
