@@ -71,26 +71,25 @@ def measure_megakernel(eng, context: int, tokens: int, read_bw: float, seed: int
         eng.prefiller(torch.randint(0, vocab, (context,), generator=gen).tolist(), 0)
     start_token = int(torch.randint(0, vocab, (1,), generator=gen))
     eng.run([], pos0, 16, start_token)  # warm-up
-    ms = []
-    for _ in range(3):  # each timed launch starts again at pos0 and overwrites the cache after it
-        done = len(eng.run([], pos0, tokens, start_token))
-        if done != tokens:
-            raise MegakernelError(f"launch stopped after {done} of {tokens} steps (EOS?)")
-        ms.append(eng.last_ms())
-    sec_per_tok = statistics.median(ms) / 1000 / tokens
+
+    def sec_per_token():  # each timed launch starts again at pos0 and overwrites the cache after it
+        ms = []
+        for _ in range(3):
+            done = len(eng.run([], pos0, tokens, start_token))
+            if done != tokens:
+                raise MegakernelError(f"launch stopped after {done} of {tokens} steps (EOS?)")
+            ms.append(eng.last_ms())
+        return statistics.median(ms) / 1000 / tokens
+
+    sec_per_tok = sec_bf16 = sec_per_token()
     # the same launches with the bf16 LM head (the int8 copy chooses the same tokens, reading 0.153 GB
     # less a token: src/lm_head_q8.cuh); both are reported against the bf16 roofline
-    sec_bf16 = sec_per_tok
     if eng.has_lm_int8:
-        ms_bf16 = []
         eng.set_lm_int8(False)
         try:
-            for _ in range(3):
-                eng.run([], pos0, tokens, start_token)
-                ms_bf16.append(eng.last_ms())
+            sec_bf16 = sec_per_token()
         finally:
             eng.set_lm_int8(True)
-        sec_bf16 = statistics.median(ms_bf16) / 1000 / tokens
     bpt = eng.bytes_per_token(context + tokens // 2)  # the average context over the launch
     roof = read_bw * 1e9 / bpt
     return dict(context=context, tok_s=1 / sec_per_tok, ms_per_token=sec_per_tok * 1000,

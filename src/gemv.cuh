@@ -117,10 +117,10 @@ __device__ __forceinline__ void gemv_run(const MkParams& p, Ring& ring, const Se
 #pragma unroll
       for (int r = 0; r < RPS; ++r) acc[r] = 0.f;  // the launch is failing; outputs are discarded
     }
-#pragma unroll
 #if MK_EXP & 8  // timing builds: cycles of the warp sums and epilogue (counter slot 6 + kind / 5)
     const long long e0 = clock64_after(acc[0]);
 #endif
+#pragma unroll
     for (int r = 0; r < RPS; ++r)
       if (kReduce) acc[r] = warp_sum(acc[r]);
     epilogue(s.row0 + i * RPS, rows, acc);

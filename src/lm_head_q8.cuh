@@ -4,9 +4,11 @@
 // argmax matters, so the weight stream carries an int8 copy instead (half the bytes), and the
 // bf16 rows are read again only for the few rows that could still be the argmax:
 //   1. Every row r has a scale s_r = max|w_r| / 127 and q_r = round(w_r / s_r), so
-//      |w_ri - s_r q_ri| <= s_r / 2 and the approximate logit a_r = s_r (q_r . x) is within
-//      B_r = kQ8Margin * s_r * |x|_1 of the bf16 logit the kernel computes otherwise (0.5 for the
-//      rounding of w, the rest covers float32 rounding of both dot products: < 0.002 * s_r |x|_1).
+//      |w_ri - s_r q_ri| <= s_r / 2; x goes to int8 too, x ~ s_x (xh + xl / 254) within s_x / 500
+//      an element (q8_input), and the approximate logit a_r = s_r s_x (q_r . xh + q_r . xl / 254)
+//      (dp4a, exact integer sums) is within B_r = s_r (kQ8Margin |x|_1 + 127 kHidden s_x / 500) of
+//      the bf16 logit the kernel computes otherwise (0.5 |x|_1 for the rounding of w, 127 |x - x~|_1
+//      for that of x; the margin's rest covers float32 rounding of both dot products, < 0.002 s_r |x|_1).
 //   2. A block keeps, per warp, the rows whose upper bound a_r + B_r reaches the running
 //      maximum of the lower bounds a_j - B_j. The block's final maximum T is a lower bound of its
 //      best bf16 logit, and no row left out can reach it.
@@ -16,7 +18,7 @@
 //      block recompute all its rows in bf16 (slow, still exact).
 // Only greedy launches without debug logits use it (lm_q8_active); sampling needs every logit.
 // The engine builds the copy at creation (mk_create; MK_LM_Q8=0 skips it, mk_set_lm_q8 switches it
-// per launch). Measured gain and candidate counts: RESEARCH.md section 21.
+// for the engine's next launches). Measured gain and candidate counts: RESEARCH.md section 21.
 //
 // Row layout (kQ8RowBytes): the kHidden int8 weights in column order (any kHidden of 256 k), so that lane l's 8-byte pieces
 // c * 32 + l hold its x[8c .. 8c+7] (rmsnorm.cuh's register layout); then 16 bytes: the scale (float)
@@ -33,6 +35,18 @@ constexpr int kQ8Words = kHidden / 128;  // 32-bit words of int8 a lane holds of
 static_assert(kQ8RowBytes % 16 == 0 && rows_per_slot(kQ8RowElems) >= 1, "int8 rows in 16-byte pieces");
 // (kQ8RowBytes is in config.cuh and lm_q8_active in weight_ring.cuh: the stream picks the copy.)
 
+// max |v| over a warp's register share of a kHidden-vector (every lane gets it).
+__device__ __forceinline__ float warp_absmax(const float (&v)[kHidden / 32]) {
+  float m = 0.f;
+#pragma unroll
+  for (int k = 0; k < kHidden / 32; ++k) m = fmaxf(m, fabsf(v[k]));
+  return warp_max(m);
+}
+// v rounded and clamped to [-127, 127], as byte b of a word.
+__device__ __forceinline__ uint32_t s8_byte(float v, int b) {
+  return ((uint32_t)(int)fminf(fmaxf(v, -127.f), 127.f) & 0xffu) << (8 * b);
+}
+
 // One warp a row: the int8 copy of lm_head (vocab rows) in the layout above.
 __global__ void quantize_lm_head_q8(const bf16_t* __restrict__ w, uint8_t* __restrict__ q8, int rows) {
   const int lane = threadIdx.x & 31;
@@ -40,22 +54,13 @@ __global__ void quantize_lm_head_q8(const bf16_t* __restrict__ w, uint8_t* __res
   if (r >= rows) return;
   float x[kHidden / 32];
   load_x_bf16<kHidden>(w + (size_t)r * kHidden, x);
-  float m = 0.f;
-#pragma unroll
-  for (int i = 0; i < kHidden / 32; ++i) m = fmaxf(m, fabsf(x[i]));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-  const float s = m / 127.f;
+  const float s = warp_absmax(x) / 127.f;
   uint32_t words[kQ8Words];
 #pragma unroll
   for (int k = 0; k < kQ8Words; ++k) {
-    uint32_t v = 0;
+    words[k] = 0u;
 #pragma unroll
-    for (int b = 0; b < 4; ++b) {
-      const float q = s > 0.f ? fminf(fmaxf(rintf(x[4 * k + b] / s), -127.f), 127.f) : 0.f;
-      v |= ((uint32_t)(int)q & 0xffu) << (8 * b);
-    }
-    words[k] = v;
+    for (int b = 0; b < 4; ++b) words[k] |= s8_byte(s > 0.f ? rintf(x[4 * k + b] / s) : 0.f, b);
   }
   uint2* row = reinterpret_cast<uint2*>(q8 + (size_t)r * kQ8RowBytes);
 #pragma unroll
@@ -70,15 +75,8 @@ struct Q8Input {
   uint32_t hi[kQ8Words], lo[kQ8Words];
   float sx;
 };
-__device__ __forceinline__ uint32_t s8_byte(float v, int b) {
-  return ((uint32_t)(int)fminf(fmaxf(v, -127.f), 127.f) & 0xffu) << (8 * b);
-}
 __device__ __forceinline__ Q8Input q8_input(const float (&x)[kHidden / 32]) {
-  float m = 0.f;
-#pragma unroll
-  for (int k = 0; k < kHidden / 32; ++k) m = fmaxf(m, fabsf(x[k]));
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  const float m = warp_absmax(x);
   Q8Input in;
   in.sx = m / 127.f;
   const float inv = m > 0.f ? 1.f / in.sx : 0.f;
@@ -165,10 +163,7 @@ struct Q8List {
     for (int k = 0; k < RPS; ++k) s = k == r ? scale[k] : s;
     const bool valid = r < rows;
     const float b = s * bx;
-    float lb = valid ? a - b : -INFINITY;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) lb = fmaxf(lb, __shfl_xor_sync(0xffffffffu, lb, o));
-    thr = fmaxf(thr, lb);
+    thr = fmaxf(thr, warp_max(valid ? a - b : -INFINITY));
     const bool keep = valid && (kV == 32 || !(lane & 1)) && a + b >= thr;
     unsigned mask = __ballot_sync(0xffffffffu, keep);
     if (!mask) return;
@@ -213,21 +208,10 @@ __device__ __forceinline__ float* q8_list(BlockControl& ctl, int warp) {
 __device__ __forceinline__ void q8_rescore(const MkParams& p, BlockControl& ctl, const Q8List& mine, int row0,
                                            int n, float& v, int& i, int step) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-#if MK_EXP & 4  // timing builds: rescored rows, fallbacks and time (step kStampStep)
+#if MK_EXP & 4
   const uint64_t t0 = global_timer_ns();
-  int rescored = 0;
-  struct Count {
-    const MkParams& p; const int& rescored; uint64_t t0; int step, lane, warp;
-    __device__ ~Count() {
-      if (step != kStampStep || lane != 0) return;
-      atomicAdd(dbg_counters(p) + kDbgQ8Rescored, (unsigned long long)rescored);
-      if (warp == 0) atomicAdd(dbg_counters(p) + kDbgQ8RescoreNs, (unsigned long long)(global_timer_ns() - t0));
-    }
-  } count{p, rescored, t0, step, lane, warp};
-#define MK_Q8_COUNT(n) (rescored += (n))
-#else
-#define MK_Q8_COUNT(n) ((void)0)
 #endif
+  int rescored = 0;  // (timing builds report it)
   if (lane == 0) { ctl.best_val[warp] = mine.thr; ctl.best_idx[warp] = mine.overflow ? -1 : mine.n; }
   consumer_sync();
   float T = -INFINITY;
@@ -243,33 +227,34 @@ __device__ __forceinline__ void q8_rescore(const MkParams& p, BlockControl& ctl,
   const float* xs = q8_x(ctl);
   v = -INFINITY;
   i = 0x7fffffff;
+  auto rescore = [&](int r) {
+    ++rescored;
+    const float l = bf16_logit(p, r, xs);
+    if (better(l, r, v, i)) { v = l; i = r; }
+  };
   if (overflow) {  // every row of the block again, in bf16
-#if MK_EXP & 4
-    if (step == kStampStep && threadIdx.x == 0) atomicAdd(dbg_counters(p) + kDbgQ8Overflows, 1ull);
-#endif
-    for (int r = row0 + warp; r < row0 + n; r += kConsumerWarps) {
-      MK_Q8_COUNT(1);
-      const float l = bf16_logit(p, r, xs);
-      if (better(l, r, v, i)) { v = l; i = r; }
-    }
-    return;
-  }
-  // Entry e of warp w's list is number k0 + e of the concatenated lists: warp (k0 + e) % 8 takes it.
-  int k0 = 0;
+    for (int r = row0 + warp; r < row0 + n; r += kConsumerWarps) rescore(r);
+  } else {
+    // Entry e of warp w's list is number k0 + e of the concatenated lists: warp (k0 + e) % 8 takes it.
+    int k0 = 0;
 #pragma unroll
-  for (int w = 0; w < kConsumerWarps; ++w) {
-    const float* ub = q8_list(ctl, w);
-    const int* rows = reinterpret_cast<const int*>(ub + kQ8ListCap);
-    for (int e = (warp - k0 % kConsumerWarps + kConsumerWarps) % kConsumerWarps; e < counts[w]; e += kConsumerWarps) {
-      if (!(ub[e] >= T)) continue;
-      MK_Q8_COUNT(1);
-      const int r = rows[e];
-      const float l = bf16_logit(p, r, xs);
-      if (better(l, r, v, i)) { v = l; i = r; }
+    for (int w = 0; w < kConsumerWarps; ++w) {
+      const float* ub = q8_list(ctl, w);
+      const int* rows = reinterpret_cast<const int*>(ub + kQ8ListCap);
+      for (int e = (warp - k0 % kConsumerWarps + kConsumerWarps) % kConsumerWarps; e < counts[w]; e += kConsumerWarps)
+        if (ub[e] >= T) rescore(rows[e]);
+      k0 += counts[w];
     }
-    k0 += counts[w];
   }
-#undef MK_Q8_COUNT
+#if MK_EXP & 4  // timing builds: rescored rows, fallbacks and time (step kStampStep)
+  if (step == kStampStep && lane == 0) {
+    atomicAdd(dbg_counters(p) + kDbgQ8Rescored, (unsigned long long)rescored);
+    if (warp == 0) {
+      atomicAdd(dbg_counters(p) + kDbgQ8RescoreNs, (unsigned long long)(global_timer_ns() - t0));
+      if (overflow) atomicAdd(dbg_counters(p) + kDbgQ8Overflows, 1ull);
+    }
+  }
+#endif
 }
 
 // The greedy LM head from the int8 copy: the stage over the block's rows (segment s), then the
