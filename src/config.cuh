@@ -84,10 +84,18 @@ constexpr int kShortCtxRingSlots = 8;
 // which spill in the GEMVs). H100, long / deep tok/s (RESEARCH.md section 17), mean position 8,320:
 // 927 / 917 (deep staging in the long build); 12,416: 787.7 / 800.5; 16,512: 679.6 / 711.1; 24,704:
 // 524.8 / 583.3; 32,896: 431.1 / 489.8. (With the register batch, section 13, the crossover was ~20K.)
+// On sm_90 code, since the long and deep builds' prefetch distance was halved (megakernel.cu,
+// launch_prefetch_slots), from kDeepKVPositionsSm90 instead. H100, long / deep tok/s (RESEARCH.md
+// section 22), mean position 4,352: 1,246-1,247 / 1,211; 6,400: 1,107-1,109 / 1,107-1,109; 8,448:
+// 998-999 / 1,023-1,026; 16,640: 712-715 / 785.
 #ifndef MK_DEEP_KV_POSITIONS
 #define MK_DEEP_KV_POSITIONS 10240
 #endif
+#ifndef MK_DEEP_KV_POSITIONS_SM90
+#define MK_DEEP_KV_POSITIONS_SM90 7168
+#endif
 constexpr int kDeepKVPositions = MK_DEEP_KV_POSITIONS;
+constexpr int kDeepKVPositionsSm90 = MK_DEEP_KV_POSITIONS_SM90;
 constexpr int kBlockThreads = (kConsumerWarps + kProducerWarps) * 32;
 // Positions the warps take in one pass: the smallest split-KV chunk by default (the environment's
 // MK_ATTN_MIN_CHUNK overrides it at engine creation; 64 measured alike, 128 and 256 slower).

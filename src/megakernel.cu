@@ -332,7 +332,8 @@ static const char* kAbiVersion = "megakernel-abi-4";  // host/launcher.py ABI_VE
 static const void* const kKernels[3] = {(const void*)qwen3_megakernel<kShortCtx>, (const void*)qwen3_megakernel<kLongCtx>,
                                         (const void*)qwen3_megakernel<kDeepKVCtx>};
 
-// The kernel build for a launch by its mean position: deep-KV from kDeepKVPositions, else long-context;
+// The kernel build for a launch by its mean position: deep-KV from kDeepKVPositions (sm_90 code:
+// kDeepKVPositionsSm90), else long-context;
 // where the kernels are not sm_90 code (older GPUs, PTX-only builds), short-context below
 // kShortCtxPositions. On sm_90 code the long build now wins at short contexts too (H100, tok/s, long /
 // short, two rounds of one call, RESEARCH.md section 21): context 1 1,873-1,875 / 1,792-1,795, 128
@@ -345,7 +346,7 @@ static int launch_variant(const MkEngine* e, int pos0, int n_steps) {
     if (strcmp(env, "deep") == 0) return kDeepKVCtx;
   }
   const int mean = pos0 + n_steps / 2;
-  if (mean >= kDeepKVPositions) return kDeepKVCtx;
+  if (mean >= (e->fine_slots ? kDeepKVPositionsSm90 : kDeepKVPositions)) return kDeepKVCtx;
   return mean < kShortCtxPositions && !e->fine_slots ? kShortCtx : kLongCtx;
 }
 
