@@ -364,16 +364,18 @@ static int launch_slots(const MkEngine* e, int variant) {
 // build's slots are smaller (config.cuh, SlotRows), so its prefetch warp runs twice the engine's
 // distance ahead, up to the 16 slots measured. H100, tok/s, 16 / 8 slots: context 640 1,519-1,522 /
 // 1,486-1,497, 1,024 1,455 / 1,426-1,429, context 1 alike (RESEARCH.md section 15); with 12 KB slots
-// 24 were slower and 36 much slower. The long and deep builds' bulk prefetches (fill warp, lane 0)
-// run half the engine's distance ahead: H100, tok/s, 4 / 8 slots: context 1 1,899-1,921 /
-// 1,868-1,898, 128 1,821-1,871 / 1,798-1,814, 8,192 995-1,002 / 955-976, 32,768 531 / 520-522
-// (RESEARCH.md section 22). Older GPUs and PTX-only builds keep the engine's distance (not measured
+// 24 were slower and 36 much slower. The long build's bulk prefetches (fill warp, lane 0) run half
+// the engine's distance ahead, the deep build's a quarter (RESEARCH.md section 22). H100, tok/s, long
+// build, 4 / 8 slots: context 1 1,899-1,921 / 1,868-1,898, 128 1,821-1,871 / 1,798-1,814, 8,192
+// 995-1,002 / 955-976; deep build, 2 / 4 slots: 8,192 1,051-1,056 / 1,028, 16,384 798-799 / 785-787,
+// 32,768 533-535 / 532-534. Older GPUs and PTX-only builds keep the engine's distance (not measured
 // there). An MK_PREFETCH_SLOTS setting (engine creation) is taken as it is.
 constexpr int kFinePrefetchSlotsMax = 16;
 static int launch_prefetch_slots(const MkEngine* e, int variant) {
   const int slots = e->p.prefetch_slots;
   if (!e->fine_slots || e->prefetch_slots_set) return slots;
-  if (variant != kShortCtx) return std::max(1, slots / 2);
+  if (variant == kDeepKVCtx) return std::max(1, slots / 4);
+  if (variant == kLongCtx) return std::max(1, slots / 2);
   return std::max(slots, std::min(2 * slots, kFinePrefetchSlotsMax));
 }
 
@@ -615,7 +617,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   if (const char* env = getenv("MK_KV_L2_POS")) p.kv_l2_pos = std::max(0, atoi(env));  // tuning knob
   // L2 prefetch distance: 1/4 of the L2 shared by all blocks, in slots per block (H100: 8 slots;
   // 4-12 measured alike, 24 slower, 36 much slower: RESEARCH.md). On sm_90 code the short build's
-  // launches double it and the long and deep builds' halve it (launch_prefetch_slots).
+  // launches double it, the long build's halve it and the deep build's quarter it (launch_prefetch_slots).
   p.prefetch_slots = (int)(0.25 * prop.l2CacheSize / ((double)e->grid * kSlotBytes));
   if (const char* env = getenv("MK_PREFETCH_SLOTS")) {  // tuning knob
     p.prefetch_slots = atoi(env);
