@@ -366,7 +366,7 @@ static int launch_slots(const MkEngine* e, int variant) {
 // 1,486-1,497, 1,024 1,455 / 1,426-1,429, context 1 alike (RESEARCH.md section 15); with 12 KB slots
 // 24 were slower and 36 much slower. The long build's bulk prefetches (fill warp, lane 0) run half
 // the engine's distance ahead, the deep build's a quarter (RESEARCH.md section 22). H100, tok/s, long
-// build, 4 / 8 slots: context 1 1,899-1,921 / 1,868-1,898, 128 1,821-1,871 / 1,798-1,814, 8,192
+// build, 4 / 8 slots: context 1 1,898-1,922 / 1,868-1,898, 128 1,821-1,871 / 1,798-1,814, 8,192
 // 995-1,002 / 955-976; deep build, 2 / 4 slots: 8,192 1,051-1,056 / 1,028, 16,384 798-799 / 785-787,
 // 32,768 533-535 / 532-534. Older GPUs and PTX-only builds keep the engine's distance (not measured
 // there). An MK_PREFETCH_SLOTS setting (engine creation) is taken as it is.
