@@ -374,8 +374,8 @@ constexpr int kFinePrefetchSlotsMax = 16;
 static int launch_prefetch_slots(const MkEngine* e, int variant) {
   const int slots = e->p.prefetch_slots;
   if (!e->fine_slots || e->prefetch_slots_set) return slots;
-  if (variant == kDeepKVCtx) return std::max(1, slots / 4);
-  if (variant == kLongCtx) return std::max(1, slots / 2);
+  if (variant == kDeepKVCtx) return std::max(std::min(slots, 1), slots / 4);  // (0 stays 0, 1 stays 1)
+  if (variant == kLongCtx) return std::max(std::min(slots, 1), slots / 2);
   return std::max(slots, std::min(2 * slots, kFinePrefetchSlotsMax));
 }
 
