@@ -267,16 +267,11 @@ __device__ MK_Q8_INLINE void q8_lm_head(const MkParams& p, BlockControl& ctl, Ri
                                         const float (&x)[kHidden / 32], int step, int row0, int n, float& v, int& i) {
   constexpr int kR = SlotRows<true>::kLmHeadQ8;
   static_assert(SlotRows<false>::kLmHeadQ8 == kR, "one int8 slot size in every build");
-  const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+  const int warp = threadIdx.x / 32;
   float l1 = 0.f;
 #pragma unroll
   for (int k = 0; k < kHidden / 32; ++k) l1 += fabsf(x[k]);
-  if (warp == 0) {  // x for the rescoring (every warp holds the same values)
-#pragma unroll
-    for (int c = 0; c < kHidden / 256; ++c)
-#pragma unroll
-      for (int j = 0; j < 8; ++j) q8_x(ctl)[(c * 32 + lane) * 8 + j] = x[c * 8 + j];
-  }
+  if (warp == 0) store_x_smem<kHidden>(x, q8_x(ctl));  // x for the rescoring (every warp holds the same values)
   const Q8Input in = q8_input(x);
   // B_r / s_r: the rounding of w (0.5 |x|_1, with float32 slack: kQ8Margin) and of x (127 |x - x~|_1)
   const float bx = kQ8Margin * warp_sum(l1) + 127.f * kHidden * in.sx / 500.f;

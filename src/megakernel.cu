@@ -125,12 +125,7 @@ __device__ __forceinline__ void consumer_main(const MkParams& p, BlockControl& c
         if (L == 0) {
           load_x_bf16<kHidden>(w.input_norm, norm_w);
           load_x_bf16<kHidden>(emb, x);
-          if (threadIdx.x < 32) {  // the residual starts as the embedding row
-#pragma unroll
-            for (int c = 0; c < kHidden / 256; ++c)
-#pragma unroll
-              for (int jj = 0; jj < 8; ++jj) ctl.h_full[(c * 32 + lane) * 8 + jj] = x[c * 8 + jj];
-          }
+          if (threadIdx.x < 32) store_x_smem<kHidden>(x, ctl.h_full);  // the residual starts as the embedding row
         } else {
           if (!load_residual(p, ctl, stage_tag(p, step, L - 1, kTagHMlp), x, step)) goto done;
         }

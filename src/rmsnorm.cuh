@@ -44,6 +44,16 @@ __device__ __forceinline__ void load_x_smem(const float* xs, float (&x)[K / 32])
   }
 }
 
+// The other way: this lane's register share into a K-vector in shared memory (one warp writes it).
+template <int K>
+__device__ __forceinline__ void store_x_smem(const float (&x)[K / 32], float* xs) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int c = 0; c < K / 256; ++c)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) xs[(c * 32 + lane) * 8 + j] = x[c * 8 + j];
+}
+
 // x <- x * rsqrt(mean(x^2) + eps) * w, as HF Qwen3RMSNorm in float32. The weight w comes in
 // registers (load_x_bf16 of the norm vector), loaded before the barrier that guards x, so the
 // norm adds no memory round trip after it.
