@@ -19,21 +19,17 @@
 // Inputs: p.qkv (tagged words, tag_in), the cache. Outputs: ctl.attn_o, the cache at `pos`,
 // p.attn_part (tagged words, tag_part). Returns false on error.
 #pragma once
+#include "attention_mma.cuh"
 #include "kv_cache.cuh"
 #include "weight_ring.cuh"
 
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kNegBig = -1e30f;  // "minus infinity" that keeps exp2(m - M) finite
 
 // The scan's lane layout: in a batch of 4 positions, lane l serves position l / 8 and, of that
 // position's K row, dims 8s..8s+7 and 64+8s..64+8s+7 (s = l % 8): two 16-byte pieces, so 8 lanes
 // read 128 contiguous bytes (coalesced from global, conflict-free from shared memory). A score is
 // then a reduction over 8 lanes (3 shuffle levels, not 5 over 32) and a lane computes 2 scores a
 // batch, not 8. V keeps the output's layout: lane l holds dims 4l..4l+3 of the 4 positions' rows.
-
-// Offset of cached position t's row. Timing experiment MK_EXP & 2048 (config.cuh; wrong results):
-// t % 64, so every KV read of the scan hits a window that stays in L2 (RESEARCH.md section 20).
-__device__ __forceinline__ size_t kv_row(int t) { return (size_t)((MK_EXP & 2048) ? (t & 63) : t) * kHeadDim; }
 
 // Loads batch tb..tb+3 (rows clamped below t_end; the caller masks the excess) into registers.
 __device__ __forceinline__ void load_kv_batch(const bf16_t* kc, const bf16_t* vc, int tb, int t_end,
@@ -133,12 +129,6 @@ __device__ __forceinline__ float dot16(const float* qh, const uint4 (&kq)[2]) {
   return a + b;
 }
 
-__device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint2& v) {
-  o[0] = fmaf(pu, __uint_as_float(v.x << 16), o[0]);
-  o[1] = fmaf(pu, __uint_as_float(v.x & 0xffff0000u), o[1]);
-  o[2] = fmaf(pu, __uint_as_float(v.y << 16), o[2]);
-  o[3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[3]);
-}
 
 // A warp's online-softmax state (base 2) for the group's query heads: running max m, sum l and
 // output o (this lane's 4 dims).
@@ -297,27 +287,38 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     // Nothing below depends on this step until q, k and v arrive: issue the first batch of
     // cached positions and the norm weights' loads before waiting.
     const int t_old = min(t1, pos);
-    int tb = t0 + warp * 4;
+    // kMma: the tensor-core scan (attention_mma.cuh), 8 positions a warp per pass, all staged.
+    constexpr bool kMma = MK_ATTN_MMA && kKVDepth > 1 && kCpAsync;
+    int tb = t0 + warp * (kMma ? kMmaTile : 4);
     uint4 kr[2];  // this lane's K pieces and V rows of its first batch (scan_cached)
     uint2 vr[4];
-    if (tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
+    if (!kMma && tb < t_old) load_kv_batch(kc, vc, tb, t_old, kr, vr);
     constexpr int kStride = kAttnQuantum;  // positions the warps take in one pass
     // The warps' staging buffers fill the front of xs (q/k/v are staged at its end, the warps'
     // partials overwrite the front only after the scan and a consumer_sync).
     // (kKVDepth > 1: the warp's buffers in the shared memory past the ring, kv_extra.)
-    uint8_t* kv_buf = kKVDepth > 1 ? kv_extra + warp * kKVDepth * kKVStageBytes
+    constexpr int kBufBytes = kMma ? kKVMmaBatchBytes : kKVStageBytes;
+    uint8_t* kv_buf = kKVDepth > 1 ? kv_extra + warp * kKVDepth * kBufBytes
                                    : reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
     // a warp has a second batch in xs (block-uniform)
     const bool staged = kCpAsync && t_old - t0 > kStride;
-    if constexpr (kKVDepth > 1 && kCpAsync) {
+    const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
+    // tiles issued before the q/k/v wait (config.cuh, kMmaPreWait3Chunk); the rest right after it
+    const int pre_wait = min(kKVDepth, t_old - t0 >= kMmaPreWait3Chunk ? 3 : 2);
+    if constexpr (kMma) {
+#pragma unroll
+      for (int b = 0; b < kKVDepth; ++b)
+        if (b < pre_wait) stage_kv_tile(kv_buf + b * kBufBytes, kc, vc, tb + b * kMmaStride, t_old);
+      if (prefetch)
+        for (int a = 0; a < 2; ++a) prefetch_kv_tile(kc, vc, tb + (kKVDepth + a) * kMmaStride, t_old);
+    } else if constexpr (kKVDepth > 1 && kCpAsync) {
 #pragma unroll
       for (int b = 0; b < kKVDepth; ++b)
         stage_kv_batch_or_none(kv_buf + b * kKVStageBytes, kc, vc, tb + (b + 1) * kStride, t_old);
     } else {
       if (kCpAsync && tb + kStride < t_old) stage_kv_batch(kv_buf, kc, vc, tb + kStride, t_old);
     }
-    const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
-    if (prefetch)
+    if (!kMma && prefetch)
 #pragma unroll
       for (int a = 1; a <= kAttnPrefetch; ++a) prefetch_kv_batch(kc, vc, tb + a * kStride, t_old);
     float qw[4], kw[4];
@@ -343,6 +344,10 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
             (int)(tag_in - p.tag_base), step))
       return false;
     sub_stamp(p, ctl, step, kSubAttnInput);
+    if constexpr (kMma)
+#pragma unroll
+      for (int b = 0; b < kKVDepth; ++b)
+        if (b >= pre_wait) stage_kv_tile(kv_buf + b * kBufBytes, kc, vc, tb + b * kMmaStride, t_old);
     const bool has_current = t1 == n && warp == 0;
     float qkv_in[kGroup + 2][4];
 #pragma unroll
@@ -374,6 +379,24 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     }
     sub_stamp(p, ctl, step, kSubAttnNormRope);
 
+    // q of the group's heads (normed, roped, scaled) in shared memory after the warps' staging
+    // buffers, where the scan reads each lane's 16 dims.
+    float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kAttnQOffsetBytes);
+    if constexpr (kMma) {  // the tensor-core scan writes the warp's partial itself
+      float sg[kGroup] = {kNegBig, kNegBig};  // the current position's scores
+      if (has_current)
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g)
+          sg[g] = warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]);
+      uint4* qf = reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kAttnQFragOffsetBytes);
+      if (warp == 0) write_q_frags(qf, q);
+      consumer_sync();
+      scan_mma<kKVDepth>(qf, kc, vc, kv_buf, tb, t_old, prefetch, has_current, sg, qkv_s + (kGroup + 1) * kHeadDim,
+                         scratch + (warp * kGroup) * (kHeadDim + 2), scratch + (warp * kGroup + 1) * (kHeadDim + 2));
+      sub_stamp(p, ctl, step, kSubAttnScan);
+      if (warp == 0 && layer + 1 < kLayers && t0 < min(t_old, t0 + p.kv_l2_pos))
+        prefetch_kv_l2(p, layer + 1, j, t0, min(t_old, t0 + p.kv_l2_pos));
+    } else {
     // The current position first (m = its score, l = 1, o = its v), then the cached ones.
     ScanState st;
     if (has_current) {
@@ -395,9 +418,6 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
         for (int i = 0; i < 4; ++i) st.o[g][i] = 0.f;
       }
     }
-    // q of the group's heads (normed, roped, scaled) in shared memory after the warps' staging
-    // buffers, where the scan reads each lane's 16 dims.
-    float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kAttnQOffsetBytes);
     if (warp == 0)
 #pragma unroll
       for (int g = 0; g < kGroup; ++g)
@@ -416,6 +436,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       if (lane == 0) { sp[0] = st.m[g]; sp[1] = st.l[g]; }
 #pragma unroll
       for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = st.o[g][i];
+    }
     }
     consumer_sync();
     sub_stamp(p, ctl, step, kSubAttnFold);

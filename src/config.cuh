@@ -87,12 +87,16 @@ constexpr int kShortCtxRingSlots = 8;
 // On sm_90 code, since the long and deep builds' prefetch distance was halved (megakernel.cu,
 // launch_prefetch_slots), from kDeepKVPositionsSm90 instead. H100, long / deep tok/s (RESEARCH.md
 // section 22), mean position 4,352: 1,246-1,247 / 1,211; 6,400: 1,107-1,109 / 1,107-1,109; 8,448:
-// 998-999 / 1,023-1,026; 16,640: 712-715 / 785.
+// 998-999 / 1,023-1,026; 16,640: 712-715 / 785. With the deep build's scores on tensor cores (below,
+// MK_ATTN_MMA; section 23) from 4,096: mean position 4,224, long / deep: 1,259-1,264 / 1,301-1,307.
+#ifndef MK_ATTN_MMA
+#define MK_ATTN_MMA 1  // the deep build's scores on tensor cores (below, kKVMmaBatchBytes)
+#endif
 #ifndef MK_DEEP_KV_POSITIONS
 #define MK_DEEP_KV_POSITIONS 10240
 #endif
 #ifndef MK_DEEP_KV_POSITIONS_SM90
-#define MK_DEEP_KV_POSITIONS_SM90 7168
+#define MK_DEEP_KV_POSITIONS_SM90 (MK_ATTN_MMA ? 4096 : 7168)
 #endif
 constexpr int kDeepKVPositions = MK_DEEP_KV_POSITIONS;
 constexpr int kDeepKVPositionsSm90 = MK_DEEP_KV_POSITIONS_SM90;
@@ -128,11 +132,25 @@ __host__ __device__ constexpr int kv_depth_of(int variant) {
   return variant == 0 ? MK_KV_DEPTH_SHORT : variant == 1 ? MK_KV_DEPTH_LONG : MK_KV_DEPTH_DEEP;
 }
 static_assert(MK_KV_DEPTH_SHORT >= 1 && MK_KV_DEPTH_LONG >= 1 && MK_KV_DEPTH_DEEP >= 1, "KV depth: 1 or more");
+// The builds with deep KV staging (kv_depth_of > 1) take their scores from tensor cores
+// (attention_mma.cuh) and stage 8 positions a buffer; MK_ATTN_MMA=0 keeps the CUDA-core scan there
+// (measurements). H100, tok/s, deep build (RESEARCH.md section 23), CUDA-core / tensor-core scores: 8,192 1,059-1,060 / 1,087-1,089; 16,384 802 / 807-811; forced at 4,096 1,263 (long build) /
+// 1,301-1,307.
+constexpr int kKVMmaBatchBytes = 16 * kHeadDim * 2;
+// Tiles a warp issues before the wait for q, k and v: KV bytes in flight lengthen that wait (8K:
+// 4.1 us with 16 positions a warp, 6.1 with 24), so 2, and 3 where a chunk is this long (32K: 533-535
+// vs 525-527 tok/s with 2; 8K 1,072-1,081 vs 1,087-1,089; 16K 796-798 vs 807-811).
+constexpr int kMmaPreWait3Chunk = 2048;
+__host__ __device__ constexpr int kv_stage_bytes_of(int variant) {
+  return MK_ATTN_MMA && kv_depth_of(variant) > 1 ? kKVMmaBatchBytes : kKVStageBytes;
+}
 // ... and those builds bulk-prefetch into L2, after each layer's scan, the first this many cached
 // positions of the block's chunk of the next layer (attention.cuh, prefetch_kv_l2) (MK_KV_L2_POS overrides it at engine creation).
 // H100, 32K: 192 positions +1%, 512 -2% (the L2 then loses the weights' prefetch front).
 constexpr int kKVNextL2Positions = 192;
 constexpr int kAttnQOffsetBytes = kConsumerWarps * kKVStageBytes;
+// The tensor-core scan's Q fragments (attention_mma.cuh, 1 KB), between the warps' partials and q.
+constexpr int kAttnQFragOffsetBytes = (kConsumerWarps * kGroup * (kHeadDim + 2) * 4 + 127) / 128 * 128;
 #ifndef MK_ATTN_PREFETCH
 #define MK_ATTN_PREFETCH 4
 #endif

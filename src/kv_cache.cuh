@@ -11,6 +11,12 @@
 __device__ __forceinline__ size_t kv_offset(const MkParams& p, int layer, int kv_head, int pos) {
   return (((size_t)layer * kKVHeads + kv_head) * p.max_ctx + pos) * kHeadDim;
 }
+// Offset of cached position t's row within a head's run. Timing experiment MK_EXP & 2048 (config.cuh;
+// wrong results): t % 64, so every KV read of the scan hits a window that stays in L2 (RESEARCH.md
+// section 20).
+__device__ __forceinline__ size_t kv_row(int t) { return (size_t)((MK_EXP & 2048) ? (t & 63) : t) * kHeadDim; }
+
+constexpr float kNegBig = -1e30f;  // the scans' "minus infinity", which keeps exp2(m - M) finite
 
 // cos and sin of pos * inv_freq[i], i < head_dim/2: computed once per step into shared memory
 // (by warp 0 of each block; the caller synchronizes) and used by every layer's q and k.
@@ -52,4 +58,12 @@ __device__ __forceinline__ void store_head_bf16(bf16_t* dst, const float (&v)[4]
   packed.x = (uint32_t)float_to_bf16(v[0]) | ((uint32_t)float_to_bf16(v[1]) << 16);
   packed.y = (uint32_t)float_to_bf16(v[2]) | ((uint32_t)float_to_bf16(v[3]) << 16);
   *reinterpret_cast<uint2*>(dst + 4 * lane) = packed;
+}
+
+// o (4 dims of a head) += pu * v (the same 4 dims of a V row, bf16).
+__device__ __forceinline__ void accumulate_v(float (&o)[4], float pu, const uint2& v) {
+  o[0] = fmaf(pu, __uint_as_float(v.x << 16), o[0]);
+  o[1] = fmaf(pu, __uint_as_float(v.x & 0xffff0000u), o[1]);
+  o[2] = fmaf(pu, __uint_as_float(v.y << 16), o[2]);
+  o[3] = fmaf(pu, __uint_as_float(v.y & 0xffff0000u), o[3]);
 }

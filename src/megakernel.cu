@@ -490,7 +490,7 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
   }
   e->smem = (size_t)e->nslots * kSlotBytes;
   for (int v = 0; v < 3 && e->fine_slots; ++v)
-    if (kv_depth_of(v) > 1 && (size_t)kConsumerWarps * kSlotBytes + (size_t)kv_depth_of(v) * kConsumerWarps * kKVStageBytes > e->smem) {
+    if (kv_depth_of(v) > 1 && (size_t)kConsumerWarps * kSlotBytes + (size_t)kv_depth_of(v) * kConsumerWarps * kv_stage_bytes_of(v) > e->smem) {
       e->err = "KV staging depth " + std::to_string(kv_depth_of(v)) + " does not fit in " + std::to_string(e->smem) +
                " B of shared memory; build with a smaller MK_KV_DEPTH_*";
       return -1;
