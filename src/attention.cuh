@@ -8,8 +8,9 @@
 // redundantly); the member holding the current position first appends this step's k (normed,
 // roped) and v to the cache; the consumer warps scan the chunk's positions (4 at a time per
 // warp, a position per 8 lanes; on sm_80+ the next 4 are copied into shared memory meanwhile; the
-// deep-KV build on sm_90 keeps kv_depth_of(2) batches of 4 staged ahead, and elsewhere the 4 after
-// the staged ones in registers) with an online softmax and merge their
+// deep-KV build on sm_90 takes 8 positions a warp with its scores on tensor cores and keeps
+// kv_depth_of(2) tiles staged ahead (attention_mma.cuh), and elsewhere the 4 after the staged
+// ones in registers) with an online softmax and merge their
 // partials in shared memory. With one chunk (short contexts) every member scans it
 // itself and no block waits for another; with several, each member publishes its partial (m, l,
 // o) as tagged words and every member of the group merges all of them by log-sum-exp. The
