@@ -131,6 +131,12 @@ __device__ __forceinline__ float dot16(const float* qh, const uint4 (&kq)[2]) {
 }
 
 
+// The current position's scores q . k of the group's heads (every lane: k and q in the lanes' layout).
+__device__ __forceinline__ void current_scores(const float (&q)[kGroup][4], const float (&k)[4], float (&s)[kGroup]) {
+#pragma unroll
+  for (int g = 0; g < kGroup; ++g) s[g] = warp_sum(q[g][0] * k[0] + q[g][1] * k[1] + q[g][2] * k[2] + q[g][3] * k[3]);
+}
+
 // A warp's online-softmax state (base 2) for the group's query heads: running max m, sum l and
 // output o (this lane's 4 dims).
 struct ScanState {
@@ -380,65 +386,58 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
     }
     sub_stamp(p, ctl, step, kSubAttnNormRope);
 
-    // q of the group's heads (normed, roped, scaled) in shared memory after the warps' staging
-    // buffers, where the scan reads each lane's 16 dims.
-    float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kAttnQOffsetBytes);
     if constexpr (kMma) {  // the tensor-core scan writes the warp's partial itself
       float sg[kGroup] = {kNegBig, kNegBig};  // the current position's scores
-      if (has_current)
-#pragma unroll
-        for (int g = 0; g < kGroup; ++g)
-          sg[g] = warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]);
+      if (has_current) current_scores(q, kcur, sg);
       uint4* qf = reinterpret_cast<uint4*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kAttnQFragOffsetBytes);
       if (warp == 0) write_q_frags(qf, q);
       consumer_sync();
       scan_mma<kKVDepth>(qf, kc, vc, kv_buf, tb, t_old, prefetch, has_current, sg, qkv_s + (kGroup + 1) * kHeadDim,
                          scratch + (warp * kGroup) * (kHeadDim + 2), scratch + (warp * kGroup + 1) * (kHeadDim + 2));
       sub_stamp(p, ctl, step, kSubAttnScan);
-      if (warp == 0 && layer + 1 < kLayers && t0 < min(t_old, t0 + p.kv_l2_pos))
-        prefetch_kv_l2(p, layer + 1, j, t0, min(t_old, t0 + p.kv_l2_pos));
     } else {
-    // The current position first (m = its score, l = 1, o = its v), then the cached ones.
-    ScanState st;
-    if (has_current) {
-      float sg[kGroup];
+      // The current position first (m = its score, l = 1, o = its v), then the cached ones.
+      ScanState st;
+      if (has_current) {
+        float sg[kGroup];
+        current_scores(q, kcur, sg);
 #pragma unroll
-      for (int g = 0; g < kGroup; ++g)
-        sg[g] = warp_sum(q[g][0] * kcur[0] + q[g][1] * kcur[1] + q[g][2] * kcur[2] + q[g][3] * kcur[3]);
+        for (int g = 0; g < kGroup; ++g) {
+          st.m[g] = sg[g]; st.l[g] = 1.f;
 #pragma unroll
-      for (int g = 0; g < kGroup; ++g) {
-        st.m[g] = sg[g]; st.l[g] = 1.f;
+          for (int i = 0; i < 4; ++i) st.o[g][i] = vcur[i];
+        }
+      } else {
 #pragma unroll
-        for (int i = 0; i < 4; ++i) st.o[g][i] = vcur[i];
+        for (int g = 0; g < kGroup; ++g) {
+          st.m[g] = kNegBig; st.l[g] = 0.f;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) st.o[g][i] = 0.f;
+        }
       }
-    } else {
+      // q of the group's heads (normed, roped, scaled) in shared memory after the warps' staging
+      // buffers, where the scan reads each lane's 16 dims.
+      float* q_s = reinterpret_cast<float*>(reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + kAttnQOffsetBytes);
+      if (warp == 0)
+#pragma unroll
+        for (int g = 0; g < kGroup; ++g)
+          *reinterpret_cast<float4*>(q_s + g * kHeadDim + 4 * lane) = make_float4(q[g][0], q[g][1], q[g][2], q[g][3]);
+      consumer_sync();
+      if (tb < t_old) scan_cached<kDeep, kKVDepth>(st, q_s, kc, vc, kv_buf, tb, t_old, prefetch, kr, vr);
+      sub_stamp(p, ctl, step, kSubAttnScan);
+      if (kKVDepth == 1 && staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
+      // merge the warps' partials: warp g merges query head g of the group
 #pragma unroll
       for (int g = 0; g < kGroup; ++g) {
-        st.m[g] = kNegBig; st.l[g] = 0.f;
+        float* sp = scratch + (warp * kGroup + g) * (kHeadDim + 2);
+        if (lane == 0) { sp[0] = st.m[g]; sp[1] = st.l[g]; }
 #pragma unroll
-        for (int i = 0; i < 4; ++i) st.o[g][i] = 0.f;
+        for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = st.o[g][i];
       }
     }
-    if (warp == 0)
-#pragma unroll
-      for (int g = 0; g < kGroup; ++g)
-        *reinterpret_cast<float4*>(q_s + g * kHeadDim + 4 * lane) = make_float4(q[g][0], q[g][1], q[g][2], q[g][3]);
-    consumer_sync();
-    if (tb < t_old) scan_cached<kDeep, kKVDepth>(st, q_s, kc, vc, kv_buf, tb, t_old, prefetch, kr, vr);
-    sub_stamp(p, ctl, step, kSubAttnScan);
     // (The chunking depends on the position only: this chunk of the next layer is this member's too.)
     if (kKVDepth > 1 && warp == 0 && layer + 1 < kLayers && t0 < min(t_old, t0 + p.kv_l2_pos))
       prefetch_kv_l2(p, layer + 1, j, t0, min(t_old, t0 + p.kv_l2_pos));
-    if (kKVDepth == 1 && staged) consumer_sync();  // the partials below overwrite other warps' staging buffers
-    // merge the warps' partials: warp g merges query head g of the group
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g) {
-      float* sp = scratch + (warp * kGroup + g) * (kHeadDim + 2);
-      if (lane == 0) { sp[0] = st.m[g]; sp[1] = st.l[g]; }
-#pragma unroll
-      for (int i = 0; i < 4; ++i) sp[2 + 4 * lane + i] = st.o[g][i];
-    }
-    }
     consumer_sync();
     sub_stamp(p, ctl, step, kSubAttnFold);
     if (warp < kGroup) {

@@ -134,8 +134,9 @@ __host__ __device__ constexpr int kv_depth_of(int variant) {
 static_assert(MK_KV_DEPTH_SHORT >= 1 && MK_KV_DEPTH_LONG >= 1 && MK_KV_DEPTH_DEEP >= 1, "KV depth: 1 or more");
 // The builds with deep KV staging (kv_depth_of > 1) take their scores from tensor cores
 // (attention_mma.cuh) and stage 8 positions a buffer; MK_ATTN_MMA=0 keeps the CUDA-core scan there
-// (measurements). H100, tok/s, deep build (RESEARCH.md section 23), CUDA-core / tensor-core scores: 8,192 1,059-1,060 / 1,087-1,089; 16,384 802 / 807-811; forced at 4,096 1,263 (long build) /
-// 1,301-1,307.
+// (measurements). H100, tok/s, deep build (RESEARCH.md section 23), CUDA-core / tensor-core scores:
+// 8,192 1,059-1,060 / 1,087-1,089; 16,384 802 / 807-811; at 4,096 the long build 1,259-1,264 / the
+// deep build 1,301-1,307.
 constexpr int kKVMmaBatchBytes = 16 * kHeadDim * 2;
 // Tiles a warp issues before the wait for q, k and v: KV bytes in flight lengthen that wait (8K:
 // 4.1 us with 16 positions a warp, 6.1 with 24), so 2, and 3 where a chunk is this long (32K: 533-535
