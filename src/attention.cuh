@@ -309,7 +309,8 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
                                    : reinterpret_cast<uint8_t*>(&ctl.xs[0][0]) + warp * kKVStageBytes;
     // a warp has a second batch in xs (block-uniform)
     const bool staged = kCpAsync && t_old - t0 > kStride;
-    const bool prefetch = t_old - t0 >= kAttnPrefetchMinChunk;  // long chunks only (RESEARCH.md section 9)
+    // long chunks only (RESEARCH.md sections 9, 24)
+    const bool prefetch = t_old - t0 >= (kMma ? kMmaPrefetchMinChunk : kAttnPrefetchMinChunk);
     // tiles issued before the q/k/v wait (config.cuh, kMmaPreWait3Chunk); the rest right after it
     const int pre_wait = min(kKVDepth, t_old - t0 >= kMmaPreWait3Chunk ? 3 : 2);
     if constexpr (kMma) {
