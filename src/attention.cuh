@@ -318,7 +318,7 @@ __device__ __forceinline__ bool attention_stage(const MkParams& p, BlockControl&
       for (int b = 0; b < kKVDepth; ++b)
         if (b < pre_wait) stage_kv_tile(kv_buf + b * kBufBytes, kc, vc, tb + b * kMmaStride, t_old);
       if (prefetch)
-        for (int a = 0; a < 2; ++a) prefetch_kv_tile(kc, vc, tb + (kKVDepth + a) * kMmaStride, t_old);
+        for (int a = 0; a < kMmaPrefetchTiles; ++a) prefetch_kv_tile(kc, vc, tb + (kKVDepth + a) * kMmaStride, t_old);
     } else if constexpr (kKVDepth > 1 && kCpAsync) {
 #pragma unroll
       for (int b = 0; b < kKVDepth; ++b)

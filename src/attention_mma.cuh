@@ -28,6 +28,7 @@
 
 constexpr int kMmaTile = 8;                                 // positions a warp takes per tile
 constexpr int kMmaStride = kConsumerWarps * kMmaTile;       // positions the warps take in one pass
+constexpr int kMmaPrefetchTiles = 2;  // tiles past the staged ones a warp keeps prefetched into L2 (long chunks)
 static_assert(kKVMmaBatchBytes == 2 * kMmaTile * kHeadDim * 2, "a staged tile: 8 K rows and 8 V rows");
 static_assert(kHeadDim == 128 && kGroup == 2, "the fragment layout is written for head_dim 128, 2 heads a KV head");
 
@@ -145,7 +146,7 @@ __device__ __forceinline__ void scan_mma(const uint4* qf, const bf16_t* kc, cons
       vr[n] = *reinterpret_cast<const uint2*>(buf + kv_piece_v(n, lane >> 1) + (lane & 1) * 8);
     __syncwarp();  // every lane has read the tile before its buffer is refilled
     stage_kv_tile(kv_buf + b * kKVMmaBatchBytes, kc, vc, tb + kKVDepth * kMmaStride, t_old);
-    if (prefetch) prefetch_kv_tile(kc, vc, tb + (kKVDepth + 2) * kMmaStride, t_old);
+    if (prefetch) prefetch_kv_tile(kc, vc, tb + (kKVDepth + kMmaPrefetchTiles) * kMmaStride, t_old);
     b = b + 1 == kKVDepth ? 0 : b + 1;
     // lane (g < 2, t): head g's scores of positions 2t, 2t + 1
     const bool ok0 = tb + 2 * t < t_old, ok1 = tb + 2 * t + 1 < t_old;

@@ -163,9 +163,10 @@ constexpr int kAttnPrefetch = MK_ATTN_PREFETCH;      // KV batches a warp prefet
 // prefetched; since the scan stages its next batch, thresholds of 256 and 512 were no better at 8K:
 // RESEARCH.md sections 9, 11). -DMK_ATTN_PREFETCH(_MIN)=N override both for experiments.
 constexpr int kAttnPrefetchMinChunk = MK_ATTN_PREFETCH_MIN;
-// The tensor-core scan (deep build) reads KV at the DRAM rate, so its L2 prefetch (2 tiles past the
-// staged ones) pays from shorter chunks: H100, tok/s (RESEARCH.md section 24), threshold 256 / 1,024:
-// 8,192 1,099-1,106 / 1,085-1,088 (two calls); 4,096 1,293-1,299 / 1,288-1,289; 32,768 521-522 / 522.
+// The tensor-core scan (deep build) reads KV at the DRAM rate, so its L2 prefetch (attention_mma.cuh,
+// kMmaPrefetchTiles past the staged ones) pays from shorter chunks: H100, tok/s (RESEARCH.md section
+// 24), threshold 256 / 1,024: 8,192 1,099-1,106 / 1,085-1,088 (two calls); 4,096 1,293-1,299 /
+// 1,288-1,289; 32,768 521-522 / 522.
 #ifndef MK_MMA_PREFETCH_MIN
 #define MK_MMA_PREFETCH_MIN 256
 #endif
