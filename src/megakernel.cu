@@ -375,6 +375,18 @@ static int launch_prefetch_slots(const MkEngine* e, int variant) {
 }
 
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
+// One layer's wo (kHidden rows of kQDim, HF's layout) regrouped into panels: panel j (the kGroupDim
+// columns from j * kGroupDim, all kHidden rows) at j * kHidden * kGroupDim. A 16-byte piece a thread.
+// (One kernel, not kKVHeads strided copies a layer: compute-sanitizer's initcheck took minutes over
+// the 224 cudaMemcpy2D calls, which made it look hung.)
+__global__ void regroup_wo_panels(const bf16_t* __restrict__ wo, bf16_t* __restrict__ panels) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= kHidden * kQDim / 8) return;
+  const int r = i / (kQDim / 8), col = i % (kQDim / 8) * 8, j = col / kGroupDim;
+  reinterpret_cast<uint4*>(panels + (size_t)j * kHidden * kGroupDim + (size_t)r * kGroupDim + col % kGroupDim)[0] =
+      reinterpret_cast<const uint4*>(wo + (size_t)r * kQDim + col)[0];
+}
+
 // The engine's copy of every layer's wo regrouped by KV-head group (params.cuh, LayerWeights::wo_panels):
 // a group's column panel is contiguous, so a ring slot of it is one bulk copy instead of one a row.
 // H100, tok/s (RESEARCH.md section 18): context 1 +4.9%, 128 +1.8%, 1,024 -1.7%, 8,192 +2.3%, 32,768
@@ -584,14 +596,13 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
                   tensor(b + MK_L_K_NORM), tensor(b + MK_L_WO), tensor(b + MK_L_POST_NORM),
                   tensor(b + MK_L_WGU), tensor(b + MK_L_WDOWN), nullptr};
     if (!e->wo_panels) continue;
-    // Panel j (the kGroupDim columns from j * kGroupDim, all kHidden rows) at j * kHidden * kGroupDim.
     bf16_t* panels = (bf16_t*)e->wo_panels + (size_t)L * kHidden * kQDim;
-    for (int j = 0; j < kKVHeads; ++j)
-      MK_TRY(cudaMemcpy2D(panels + (size_t)j * kHidden * kGroupDim, kGroupDim * sizeof(bf16_t),
-                          p.layer[L].wo + j * kGroupDim, kQDim * sizeof(bf16_t), kGroupDim * sizeof(bf16_t), kHidden,
-                          cudaMemcpyDeviceToDevice));
+    constexpr int kPieces = kHidden * kQDim / 8, kThreads = 256;
+    regroup_wo_panels<<<(kPieces + kThreads - 1) / kThreads, kThreads>>>(p.layer[L].wo, panels);
+    MK_TRY(cudaGetLastError());
     p.layer[L].wo_panels = panels;
   }
+  if (e->wo_panels) MK_TRY(cudaDeviceSynchronize());
   p.final_norm = tensor(MK_T_FINAL_NORM);
   p.rope_inv_freq = (const float*)tensor(MK_T_ROPE_INV_FREQ);
   p.lm_head = e->info.header.tie_word_embeddings ? p.embed : tensor(MK_T_LM_HEAD);
