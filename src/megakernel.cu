@@ -377,8 +377,8 @@ static int launch_prefetch_slots(const MkEngine* e, int variant) {
 static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 // One layer's wo (kHidden rows of kQDim, HF's layout) regrouped into panels: panel j (the kGroupDim
 // columns from j * kGroupDim, all kHidden rows) at j * kHidden * kGroupDim. A 16-byte piece a thread.
-// (One kernel, not kKVHeads strided copies a layer: compute-sanitizer's initcheck took minutes over
-// the 224 cudaMemcpy2D calls, which made it look hung.)
+// (One kernel, not kKVHeads strided copies a layer: with the 224 cudaMemcpy2D calls compute-sanitizer's
+// initcheck printed nothing in 60-380 s; RESEARCH.md section 25.)
 __global__ void regroup_wo_panels(const bf16_t* __restrict__ wo, bf16_t* __restrict__ panels) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= kHidden * kQDim / 8) return;
