@@ -379,9 +379,10 @@ static size_t align256(size_t n) { return (n + 255) & ~size_t(255); }
 // columns from j * kGroupDim, all kHidden rows) at j * kHidden * kGroupDim. A 16-byte piece a thread.
 // (One kernel, not kKVHeads strided copies a layer: with the 224 cudaMemcpy2D calls compute-sanitizer's
 // initcheck printed nothing in 60-380 s; RESEARCH.md section 25.)
+constexpr int kWoPieces = kHidden * kQDim / 8;  // 16-byte pieces of a layer's wo
 __global__ void regroup_wo_panels(const bf16_t* __restrict__ wo, bf16_t* __restrict__ panels) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i >= kHidden * kQDim / 8) return;
+  if (i >= kWoPieces) return;
   const int r = i / (kQDim / 8), col = i % (kQDim / 8) * 8, j = col / kGroupDim;
   reinterpret_cast<uint4*>(panels + (size_t)j * kHidden * kGroupDim + (size_t)r * kGroupDim + col % kGroupDim)[0] =
       reinterpret_cast<const uint4*>(wo + (size_t)r * kQDim + col)[0];
@@ -597,8 +598,8 @@ static int engine_init(MkEngine* e, const char* path, int max_ctx, int verify_cr
                   tensor(b + MK_L_WGU), tensor(b + MK_L_WDOWN), nullptr};
     if (!e->wo_panels) continue;
     bf16_t* panels = (bf16_t*)e->wo_panels + (size_t)L * kHidden * kQDim;
-    constexpr int kPieces = kHidden * kQDim / 8, kThreads = 256;
-    regroup_wo_panels<<<(kPieces + kThreads - 1) / kThreads, kThreads>>>(p.layer[L].wo, panels);
+    constexpr int kThreads = 256;
+    regroup_wo_panels<<<(kWoPieces + kThreads - 1) / kThreads, kThreads>>>(p.layer[L].wo, panels);
     MK_TRY(cudaGetLastError());
     p.layer[L].wo_panels = panels;
   }
